@@ -1,0 +1,1 @@
+"""Generated code: made from protos/act/v1 by protos/generate.py; do not edit."""
