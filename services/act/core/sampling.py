@@ -240,6 +240,7 @@ class _WindowView(NamedTuple):
     arrivals: int
     start: float
     now: float | None
+    previous_rate: float | None
 
 
 class StreamPacer:
@@ -282,23 +283,25 @@ class StreamPacer:
     def probability(self, eps: float, timestamp: float | None = None) -> float:
         """pi for an item with this eps arriving now, without changing the state."""
         eps_value = float(as_probability_array([eps], "eps")[0])
-        return self._probability(eps_value, self._window_view(self._event_time(timestamp)))[0]
+        view = self._window_view(self._event_time(timestamp))
+        return self._probability(eps_value, view, self._plan(view)[0])[0]
 
     def decide(self, item_id: ItemId, eps: float, timestamp: float | None = None) -> PacerDecision:
         """Fix pi_t from the state, draw delta_t with the keyed uniform, then update the state."""
         eps_value = float(as_probability_array([eps], "eps")[0])
+        u = float(keyed_uniform([item_id], self.config.seed)[0])
         view = self._window_view(self._event_time(timestamp))
-        if view.window != self._state.window:
-            self._close_window(view.window, view.start)
         rate, arrival_rate, remaining = self._plan(view)
-        pi, threshold_part, _ = self._probability(eps_value, view)
+        pi, threshold_part = self._probability(eps_value, view, rate)
         capped = view.spent >= self.config.hard_cap
+        delta = u < pi
+        # Everything above is pure, so a rejected item leaves the state as it was.
+        if view.window != self._state.window:
+            self._close_window(view)
         self._state.planned_rate = rate
         self._state.planned_at_spent = view.spent
         self._state.planned_arrival_rate = arrival_rate
         self._state.planned_remaining = remaining
-        u = float(keyed_uniform([item_id], self.config.seed)[0])
-        delta = u < pi
         state = self._state
         state.last_time = view.now if view.now is not None else state.last_time
         state.arrivals += 1
@@ -331,7 +334,7 @@ class StreamPacer:
         return now if last is None else max(now, last)  # late items count in the open window
 
     def _window_view(self, now: float | None) -> _WindowView:
-        """The open window's counts as they are for an item arriving now."""
+        """The open window's counts as they are for an item arriving now (no state change)."""
         state = self._state
         if now is None:  # item windows
             window = state.items_total // (self.config.window_items or 1)
@@ -341,19 +344,30 @@ class StreamPacer:
             window = math.floor(now / length)
             start = window * length
         if window == state.window:
-            return _WindowView(window, state.spent, state.arrivals, state.window_start, now)
-        return _WindowView(window, 0, 0, start, now)
-
-    def _close_window(self, window: int, window_start: float) -> None:
-        state = self._state
-        if state.window is not None and self.config.window_seconds is not None:
-            observed = state.arrivals / self.config.window_seconds
-            previous = state.previous_rate_per_second
-            state.previous_rate_per_second = (
-                observed if previous is None else 0.5 * (observed + previous)
+            return _WindowView(
+                window,
+                state.spent,
+                state.arrivals,
+                state.window_start,
+                now,
+                state.previous_rate_per_second,
             )
-        state.window = window
-        state.window_start = window_start
+        return _WindowView(window, 0, 0, start, now, self._rate_after_closing())
+
+    def _rate_after_closing(self) -> float | None:
+        """Arrival rate remembered once the open window closes: the mean with the last one."""
+        state = self._state
+        if state.window is None or self.config.window_seconds is None:
+            return state.previous_rate_per_second
+        observed = state.arrivals / self.config.window_seconds
+        previous = state.previous_rate_per_second
+        return observed if previous is None else 0.5 * (observed + previous)
+
+    def _close_window(self, view: _WindowView) -> None:
+        state = self._state
+        state.previous_rate_per_second = view.previous_rate
+        state.window = view.window
+        state.window_start = view.start
         state.spent = 0
         state.arrivals = 0
         state.planned_rate = None
@@ -365,7 +379,7 @@ class StreamPacer:
             return None
         length = config.window_seconds
         elapsed = max((view.now or view.start) - view.start, 0.0)
-        prior_rate = self._state.previous_rate_per_second
+        prior_rate = view.previous_rate
         if prior_rate is None and config.expected_items_per_window is not None:
             prior_rate = config.expected_items_per_window / length
         if prior_rate is None:
@@ -409,16 +423,15 @@ class StreamPacer:
         planned = planned_reviews(reviews_left, self.config.cap_probability)
         return min(1.0, planned / remaining), arrival_rate, remaining
 
-    def _probability(self, eps: float, view: _WindowView) -> tuple[float, float, float]:
-        """(pi, threshold part of pi, per-item review rate) for this eps under the state."""
+    def _probability(self, eps: float, view: _WindowView, rate: float) -> tuple[float, float]:
+        """(pi, threshold part of pi) for this eps at the planned per-item review rate."""
         if view.spent >= self.config.hard_cap:
-            return 0.0, 0.0, 0.0
-        rate = self._plan(view)[0]
+            return 0.0, 0.0
         audit_rate = self.config.audit_share * rate
         threshold_rate = (rate - audit_rate) / (1.0 - audit_rate)
         threshold_part = self._threshold_probability(eps, threshold_rate)
         pi = threshold_part + (1.0 - threshold_part) * audit_rate
-        return min(pi, 1.0), threshold_part, rate
+        return min(pi, 1.0), threshold_part
 
     def _threshold_probability(self, eps: float, rate: float) -> float:
         """P(select) for this eps so that the recent eps distribution is selected at `rate`."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import brentq
-from scipy.special import expit
+from scipy.special import expit, logsumexp
 
 from act.core.validation import as_finite_float, as_probability_array
 
@@ -205,12 +205,14 @@ def water_fill(log_weights: np.ndarray, budget: float, floor: float) -> np.ndarr
     saturated = z_inside >= 0
     floored = z_inside <= log_floor
     free = ~(saturated | floored)
-    free_mass_at_left = float(np.exp(left + scores[free]).sum())
     fixed_spend = n_zero * floor + int(saturated.sum()) + int(floored.sum()) * floor
-    if free_mass_at_left > 0:
-        t = left + math.log((budget - fixed_spend) / free_mass_at_left)
+    free_budget = budget - fixed_spend
+    # exp(t) * sum(exp(scores[free])) = free_budget, solved in log space: the free weights
+    # may span more than a double holds (exp with a large beta).
+    if free.any() and free_budget > 0:
+        t = math.log(free_budget) - float(logsumexp(scores[free]))
     else:
-        t = left
+        t = left  # the free items' share is below rounding: leave them at the breakpoint
     pi = np.full(n_items, floor)
     pi[positive] = _pi_from_log(t + scores, floor)
     return pi
@@ -262,7 +264,7 @@ def _threshold(
     else:
         with np.errstate(divide="ignore"):
             pi_sorted[k:] = water_fill(np.log(eps[order[k:]]), remaining, floor)
-    pi_sorted = _mean_over_ties(eps[order], pi_sorted)
+    pi_sorted = np.maximum(_mean_over_ties(eps[order], pi_sorted), floor)  # rounding
     pi = np.empty(n_items)
     pi[order] = pi_sorted
     return pi
