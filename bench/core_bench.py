@@ -4,14 +4,13 @@
 
 Prints the time of every budget transform and both samplers on N items (target: each under
 2 s on the 2-core development machine), the stream pacer's per-item cost, and the ratio of
-the ACT loss to plain cross-entropy on the same batch, forward and backward (target < 1.2),
+the ACT loss to plain cross-entropy on the same batches, forward and backward (target < 1.2),
 timed interleaved so both see the same machine state.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -28,6 +27,8 @@ from act.core.transforms import METHODS, review_probabilities
 TARGET_SECONDS = 2.0
 TARGET_LOSS_RATIO = 1.2
 CALLS_PER_SAMPLE = 20
+# (batch, classes): a small image batch, a large classification batch, a wide-label batch.
+LOSS_SHAPES = ((256, 10), (8192, 100), (65536, 10))
 
 
 def best_of(repeats: int, run: Callable[[], object]) -> float:
@@ -41,13 +42,16 @@ def best_of(repeats: int, run: Callable[[], object]) -> float:
 
 
 def loss_ratio(batch: int, classes: int, repeats: int) -> tuple[float, float, float]:
-    """Median seconds of plain CE and ACT CE (forward + backward), alternated, and their ratio."""
+    """Best seconds of plain CE and ACT CE (forward + backward), alternated, and their ratio."""
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(batch, classes, generator=generator, requires_grad=True)
     y_machine = torch.randint(0, classes, (batch,), generator=generator)
     y_human = torch.randint(0, classes, (batch,), generator=generator)
-    pi = torch.rand(batch, generator=generator).clamp(min=0.05).double()
-    delta = torch.rand(batch, generator=generator).double() < pi
+    # A realistic batch: 15% review budget under the default transform, keyed draws.
+    eps = np.random.default_rng(1).beta(0.5, 3.0, size=batch)
+    pi_array = review_probabilities(eps, 0.15 * batch, "thre")
+    delta = torch.as_tensor(draw(pi_array, range(batch), "bench", "systematic"))
+    pi = torch.as_tensor(pi_array)
 
     def plain() -> None:
         functional.cross_entropy(logits, y_machine).backward()
@@ -68,17 +72,15 @@ def loss_ratio(batch: int, classes: int, repeats: int) -> tuple[float, float, fl
     for _ in range(repeats):
         plain_times.append(best_of(1, many(plain)) / CALLS_PER_SAMPLE)
         act_times.append(best_of(1, many(act)) / CALLS_PER_SAMPLE)
-    plain_median = statistics.median(plain_times)
-    act_median = statistics.median(act_times)
-    return plain_median, act_median, act_median / plain_median
+    # The fastest sample is the least disturbed by the machine's other work.
+    plain_best, act_best = min(plain_times), min(act_times)
+    return plain_best, act_best, act_best / plain_best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--loss-batch", type=int, default=8192)
-    parser.add_argument("--loss-classes", type=int, default=100)
     args = parser.parse_args()
     console = Console()
     rng = np.random.default_rng(0)
@@ -114,13 +116,21 @@ def main() -> None:
         f"StreamPacer.decide: {per_item * 1e6:.1f} µs per item ({1 / per_item:,.0f} items/s)"
     )
 
-    plain, act, ratio = loss_ratio(args.loss_batch, args.loss_classes, max(args.repeats, 15))
-    verdict = "yes" if ratio < TARGET_LOSS_RATIO else "NO"
-    console.print(
-        f"loss, batch {args.loss_batch} x {args.loss_classes} classes, forward+backward: "
-        f"cross-entropy {plain * 1e3:.2f} ms, ACT {act * 1e3:.2f} ms, "
-        f"ratio {ratio:.2f} (under {TARGET_LOSS_RATIO}: {verdict})"
-    )
+    losses = Table(title="ACT vs plain cross-entropy, forward + backward (best of samples)")
+    for column in ("batch x classes", "cross-entropy ms", "ACT ms", "ratio"):
+        losses.add_column(column, justify="right")
+    losses.add_column(f"under {TARGET_LOSS_RATIO}", justify="center")
+    with console.status("timing losses"):
+        for batch, classes in LOSS_SHAPES:
+            plain, act, ratio = loss_ratio(batch, classes, max(args.repeats, 15))
+            losses.add_row(
+                f"{batch} x {classes}",
+                f"{plain * 1e3:.3f}",
+                f"{act * 1e3:.3f}",
+                f"{ratio:.2f}",
+                "yes" if ratio < TARGET_LOSS_RATIO else "NO",
+            )
+    console.print(losses)
 
 
 if __name__ == "__main__":

@@ -170,3 +170,48 @@ def test_power_tuning_rejects_bad_input() -> None:
         power_tuning_lambda([1.0, 2.0], [1.0, 2.0], [0, 0], [0.5, 0.5])
     with pytest.raises(ValueError, match="same items"):
         power_tuning_lambda([1.0, 2.0], [1.0], [1, 0], [0.5, 0.5])
+
+
+@pytest.mark.parametrize(("lam", "max_weight"), [(1.0, None), (0.4, None), (1.0, 1.0)])
+def test_fused_cross_entropy_equals_act_loss_on_per_item_cross_entropy(
+    lam: float, max_weight: float | None
+) -> None:
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(40, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    y_machine = torch.randint(0, 5, (40,), generator=generator)
+    y_human = torch.randint(0, 5, (40,), generator=generator)
+    delta = torch.rand(40, generator=generator) < 0.4
+    pi = torch.rand(40, generator=generator, dtype=torch.float64).clamp(min=0.1)
+    fused = act_cross_entropy(logits, y_machine, y_human, delta, pi, lam, max_weight=max_weight)
+    (fused_grad,) = torch.autograd.grad(fused, logits)
+    reference = act_loss(
+        functional.cross_entropy(logits, y_machine, reduction="none"),
+        functional.cross_entropy(logits, torch.where(delta, y_human, -100), reduction="none"),
+        delta,
+        pi,
+        lam,
+        max_weight=max_weight,
+    )
+    (reference_grad,) = torch.autograd.grad(reference, logits)
+    assert torch.allclose(fused, reference)
+    assert torch.allclose(fused_grad, reference_grad)
+
+
+def test_fused_cross_entropy_passes_gradcheck() -> None:
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(8, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (8,), generator=generator)
+    delta = [1, 0, 1, 0, 0, 1, 0, 0]
+    pi = [0.5] * 8
+    assert torch.autograd.gradcheck(
+        lambda z: act_cross_entropy(z, labels, labels.flip(0), delta, pi), (logits,)
+    )
+
+
+def test_fused_cross_entropy_gives_the_same_gradient_on_a_second_backward() -> None:
+    logits = torch.randn(4, 3, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0])
+    value = act_cross_entropy(logits, labels, labels.flip(0), [1, 0, 0, 1], [0.5] * 4)
+    (first,) = torch.autograd.grad(value, logits, retain_graph=True)
+    (second,) = torch.autograd.grad(value, logits)
+    assert torch.equal(first, second)

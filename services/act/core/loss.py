@@ -44,8 +44,15 @@ def act_weights(
         raise ValueError(
             f"max_weight must be >= 1 (a reviewed item counts at least once), got {max_weight}"
         )
-    # pi is replaced by 1 where delta = 0 so that 0/0 never appears.
-    w_human = delta_t.to(dtype) / torch.where(delta_t, pi_t, torch.ones_like(pi_t))
+    # pi is replaced by 1 where delta = 0 so that 0/0 never appears; delta = 1 with pi = 0
+    # gives inf, which the check below turns into an error.
+    w_human = delta_t.to(dtype) / torch.where(delta_t, pi_t, 1.0)
+    if not torch.isfinite(w_human).all():
+        bad = torch.nonzero(~torch.isfinite(w_human))[:, 0]
+        raise ValueError(
+            f"{bad.numel()} reviewed item(s) have pi = 0 (first at index {int(bad[0])}): "
+            "delta = 1 is impossible there, and the weight delta/pi would be infinite"
+        )
     if max_weight is not None:
         w_human = w_human.clamp(max=max_weight)
     return lam * (1.0 - w_human), w_human
@@ -85,7 +92,7 @@ def act_loss(
             f"per-item losses have {loss_machine.shape[0]} entries but delta/pi have "
             f"{w_machine.shape[0]}"
         )
-    human_term = torch.where(w_human != 0, loss_human, torch.zeros_like(loss_human)) * w_human
+    human_term = torch.where(w_human != 0, loss_human, 0.0) * w_human
     return (w_machine * loss_machine + human_term).mean()
 
 
@@ -101,9 +108,11 @@ def act_cross_entropy(
 ) -> torch.Tensor:
     """ACT loss with per-item cross-entropy; y_human may hold any value (e.g. -1) where delta = 0.
 
-    The log-softmax is taken once and read at both labels, so the cost is close to one
-    cross-entropy. Human targets of unreviewed items are replaced by the machine label first,
-    so nothing undefined enters the graph.
+    The same value as `act_loss` on per-item cross-entropies, computed in one fused pass:
+    the log-softmax is taken once, and the gradient with respect to the logits is
+    (w_m + w_h) * softmax - w_m * onehot(y_m) - w_h * onehot(y_h), per item over N, which is
+    what plain cross-entropy's backward costs. Unreviewed items have w_h = 0, so their
+    human label is never read.
     """
     delta_mask = torch.as_tensor(delta, device=logits.device).to(torch.bool)
     if (
@@ -117,10 +126,43 @@ def act_cross_entropy(
             f"y_machine {tuple(y_machine.shape)}, y_human {tuple(y_human.shape)}, "
             f"delta {tuple(delta_mask.shape)}"
         )
-    safe_human = torch.where(delta_mask, y_human, y_machine)
-    # One gather of both labels: its backward fills the (N, C) gradient once, not twice.
-    both = functional.log_softmax(logits, dim=1).gather(1, torch.stack([y_machine, safe_human], 1))
-    return act_loss(-both[:, 0], -both[:, 1], delta_mask, pi, lam, max_weight=max_weight)
+    w_machine, w_human = act_weights(
+        delta_mask, pi, lam, max_weight=max_weight, dtype=logits.dtype, device=logits.device
+    )
+    labels = torch.stack([y_machine, torch.where(delta_mask, y_human, y_machine)], dim=1)
+    return _WeightedCrossEntropy.apply(logits, labels, torch.stack([w_machine, w_human], dim=1))
+
+
+class _WeightedCrossEntropy(torch.autograd.Function):
+    """mean_i sum_j weights[i, j] * (-log softmax(logits_i)[labels[i, j]]), fused."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        log_probs = functional.log_softmax(logits, dim=1)
+        ctx.save_for_backward(labels, weights, logits)
+        # An intermediate, kept on ctx: backward turns it into the gradient in place.
+        ctx.log_probs = log_probs  # type: ignore[attr-defined]
+        return -(log_probs.gather(1, labels) * weights).sum() / logits.shape[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
+        labels, weights, logits = ctx.saved_tensors  # type: ignore[attr-defined]
+        log_probs = ctx.log_probs  # type: ignore[attr-defined]
+        if log_probs is None:  # a second backward (retain_graph=True): recompute
+            log_probs = functional.log_softmax(logits.detach(), dim=1)
+        ctx.log_probs = None  # type: ignore[attr-defined]
+        scaled = weights * (grad_output / log_probs.shape[0])
+        # The saved buffer becomes the gradient in place: no new (N, C) allocation.
+        grad = log_probs.exp_().mul_(scaled.sum(dim=1, keepdim=True))
+        return grad.scatter_add_(1, labels, -scaled), None, None
 
 
 def power_tuning_lambda(
@@ -180,15 +222,10 @@ def _check_delta_pi(
     pi_t = torch.as_tensor(pi_raw).to(device=device, dtype=dtype).reshape(-1)
     if delta_t.shape != pi_t.shape:
         raise ValueError(f"delta has {delta_t.shape[0]} entries but pi has {pi_t.shape[0]}")
-    if not ((pi_t >= 0) & (pi_t <= 1)).all():  # NaN fails both comparisons
-        raise ValueError("pi must be finite and in [0, 1]")
-    bad = delta_t & (pi_t == 0)
-    if bad.any():
-        raise ValueError(
-            f"{int(bad.sum())} reviewed item(s) have pi = 0 (first at index "
-            f"{int(torch.nonzero(bad)[0, 0])}): delta = 1 is impossible there, and the weight "
-            "delta/pi would be infinite"
-        )
+    if pi_t.numel():
+        lowest, highest = torch.aminmax(pi_t)
+        if not (lowest >= 0 and highest <= 1):  # NaN propagates and fails both
+            raise ValueError("pi must be finite and in [0, 1]")
     return delta_t, pi_t
 
 

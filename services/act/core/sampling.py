@@ -58,7 +58,7 @@ def _keyed_digests(item_ids: Iterable[ItemId], seed: Seed) -> np.ndarray:
 
     def digest(item_id: ItemId) -> bytes:
         inner = inner_start.copy()
-        inner.update(_as_bytes(item_id, "item id"))
+        inner.update(item_id.encode() if type(item_id) is str else _as_bytes(item_id, "item id"))
         outer = outer_start.copy()
         outer.update(inner.digest())
         return outer.digest()
@@ -112,13 +112,15 @@ def draw(
     digests = _keyed_digests(ids, seed)
     if method == "bernoulli":
         return _unit_from_bytes(digests, 0) < pi_array
-    if len(set(ids)) != len(ids):
-        raise ValueError("systematic sampling needs distinct item ids; the batch repeats some")
     return _systematic(pi_array, _unit_from_bytes(digests, 0), _unit_from_bytes(digests, 8))
 
 
 def _systematic(pi: np.ndarray, order_keys: np.ndarray, start_parts: np.ndarray) -> np.ndarray:
     order = np.argsort(order_keys, kind="stable")
+    # Equal ids have equal digests; two distinct ids agree on 106 bits with odds ~2^-106.
+    same_key = order_keys[order][1:] == order_keys[order][:-1]
+    if (same_key & (start_parts[order][1:] == start_parts[order][:-1])).any():
+        raise ValueError("systematic sampling needs distinct item ids; the batch repeats some")
     start = math.fsum(start_parts) % 1.0  # exactly rounded, so order-independent
     cumulative = np.cumsum(pi[order])
     total = float(cumulative[-1])
