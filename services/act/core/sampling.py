@@ -28,6 +28,7 @@ DRAW_METHODS = ("bernoulli", "systematic")
 _DIGEST_SIZE = 32
 _SHA256_BLOCK = 64
 REPLAN_FACTOR = 0.75  # re-plan once the expected remaining arrivals fell by a quarter
+RATE_DRIFT = 0.25  # ... or the arrival-rate estimate moved by a quarter
 _UNIT = 2.0**-53  # 53 random bits give every double in [0, 1) on a uniform grid
 
 
@@ -244,18 +245,25 @@ class _WindowView(NamedTuple):
     now: float | None
     previous_rate: float | None
 
+    @property
+    def elapsed(self) -> float:
+        """Event time since the window opened (0 for item windows)."""
+        return max((self.now or self.start) - self.start, 0.0)
+
 
 class StreamPacer:
     """Online sampler: predictable pi_t under a per-window hard cap of reviews.
 
     For each item, the pacer knows the reviews left under the cap, H = cap - spent, and the
     arrivals expected in the rest of the window, R (exact for item windows, rate times time
-    left for time windows). It plans x remaining reviews with x + z sqrt(x) = H, where
-    z = Phi^-1(1 - cap_probability): if the remaining selections were Poisson with mean x,
-    they would reach H with probability about cap_probability. Re-planning on every item
-    spends more of the cap as the window closes. The planned rate rho = x / R is split into
-    an audit rate a = audit_share * rho (uniform over items, a small known pi) and a
-    threshold rate r = (rho - a) / (1 - a), so that pi_t = p_thr(eps_t) + (1 - p_thr) * a
+    left for time windows). It plans x remaining reviews with P(Poisson(x) >= H) =
+    cap_probability (`planned_reviews`) and a per-item rate rho = x / R. The plan is held
+    until a review is spent, R falls by a quarter or the arrival-rate estimate drifts by a
+    quarter: re-planning on every item would compound the risk of reaching the cap, and
+    re-planning on those events spends more of the cap as the window closes. The rate rho
+    is split into an audit rate a = audit_share * rho (uniform over items, a small known
+    pi) and a threshold rate r = (rho - a) / (1 - a), so that
+    pi_t = p_thr(eps_t) + (1 - p_thr) * a
     has mean rho. p_thr is the streaming form of top-B: 1 above the (1 - r) quantile of
     recent eps, 0 below, and the fraction that spends r exactly inside the boundary bin of
     a decaying histogram of eps. pi_t uses only the state before item t and eps_t, so it is
@@ -300,11 +308,11 @@ class StreamPacer:
         # Everything above is pure, so a rejected item leaves the state as it was.
         if view.window != self._state.window:
             self._close_window(view)
-        self._state.planned_rate = rate
-        self._state.planned_at_spent = view.spent
-        self._state.planned_arrival_rate = arrival_rate
-        self._state.planned_remaining = remaining
         state = self._state
+        state.planned_rate = rate
+        state.planned_at_spent = view.spent
+        state.planned_arrival_rate = arrival_rate
+        state.planned_remaining = remaining
         state.last_time = view.now if view.now is not None else state.last_time
         state.arrivals += 1
         state.spent += int(delta)
@@ -380,7 +388,7 @@ class StreamPacer:
         if config.window_seconds is None:
             return None
         length = config.window_seconds
-        elapsed = max((view.now or view.start) - view.start, 0.0)
+        elapsed = view.elapsed
         prior_rate = view.previous_rate
         if prior_rate is None and config.expected_items_per_window is not None:
             prior_rate = config.expected_items_per_window / length
@@ -395,15 +403,14 @@ class StreamPacer:
         if self.config.window_items is not None:
             return float(max(self.config.window_items - view.arrivals, 1))
         length = self.config.window_seconds or 1.0
-        elapsed = max((view.now or view.start) - view.start, 0.0)
-        return max((arrival_rate or 0.0) * (length - elapsed), 1.0)
+        return max((arrival_rate or 0.0) * (length - view.elapsed), 1.0)
 
     def _plan(self, view: _WindowView) -> tuple[float, float | None, float]:
-        """(per-item review rate, arrival rate it assumed) for the rest of the window.
+        """(per-item review rate, arrival rate and remaining arrivals it assumed).
 
-        The plan is kept until a review is spent or the arrival estimate drifts by more than
-        25%; holding the per-item rate between those events keeps the chance of reaching
-        the cap close to cap_probability (re-planning on every item would compound it).
+        The held plan is reused unless a review was spent since, the expected remaining
+        arrivals fell below REPLAN_FACTOR of the planned ones, or the arrival-rate estimate
+        moved by more than RATE_DRIFT (see the class docstring for why).
         """
         state = self._state
         arrival_rate = self._arrival_rate(view)
@@ -416,7 +423,7 @@ class StreamPacer:
             and (
                 arrival_rate is None
                 or abs(arrival_rate - (state.planned_arrival_rate or 0.0))
-                <= 0.25 * (state.planned_arrival_rate or 0.0)
+                <= RATE_DRIFT * (state.planned_arrival_rate or 0.0)
             )
         )
         if still_valid:
