@@ -1,0 +1,1 @@
+"""Inference: the annotator and criticizer backends and their prompt strategies."""

@@ -1,0 +1,336 @@
+"""Typed records of the inference layer, validated on the way in, convertible to the protocol.
+
+Items, label schemas, annotations and criticisms are pydantic models here (checked once, at
+the boundary) and protobuf messages on the wire (`act.v1.types_pb2`); `to_proto` and
+`from_proto` convert between the two, so the services stay thin adapters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from act.v1 import types_pb2
+
+MAX_TEXT_CHARS = 100_000
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Image(_Record):
+    """An image, inline (`data`) or by reference (`uri`)."""
+
+    data: bytes = b""
+    uri: str = ""
+    mime_type: str = ""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if bool(self.data) == bool(self.uri):
+            raise ValueError("an image needs exactly one of inline data or a uri")
+        if len(self.data) > MAX_IMAGE_BYTES:
+            raise ValueError(
+                f"image of {len(self.data)} bytes exceeds the limit of {MAX_IMAGE_BYTES} bytes"
+            )
+        return self
+
+
+class Item(_Record):
+    """What is annotated: text and/or images, with an optional question (VQA)."""
+
+    item_id: str = Field(min_length=1, max_length=512)
+    text: str = Field(default="", max_length=MAX_TEXT_CHARS)
+    images: tuple[Image, ...] = ()
+    question: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("text", "question")
+    @classmethod
+    def _valid_text(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        bad = [char for char in value if _is_invalid_char(char)]
+        if bad:
+            raise ValueError(
+                f"text contains {len(bad)} invalid character(s) (first: {bad[0]!r}): "
+                "control characters and unpaired surrogates are not accepted"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Self:
+        if not self.text.strip() and not self.images:
+            raise ValueError(f"item {self.item_id!r} is empty: it needs text or an image")
+        return self
+
+    def content_hash(self) -> str:
+        """SHA-256 over the content (not the id): the key of recorded model outputs."""
+        digest = hashlib.sha256()
+        for part in (self.text, self.question or ""):
+            digest.update(part.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+        for image in self.images:
+            digest.update(hashlib.sha256(image.data or image.uri.encode()).digest())
+        return digest.hexdigest()
+
+
+def _is_invalid_char(char: str) -> bool:
+    category = unicodedata.category(char)
+    if category == "Cs":  # unpaired surrogate
+        return True
+    return category == "Cc" and char not in "\n\r\t"
+
+
+class Label(_Record):
+    """One class of the schema; the description is what zero-shot models compare against."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+
+
+class FewShotExample(_Record):
+    """A labelled example shown to the model (few-shot prompting or few-shot fitting)."""
+
+    item: Item
+    label: str
+    rationale: str = ""
+
+
+class LabelSchema(_Record):
+    """The labelling task: its labels, instructions and examples, versioned."""
+
+    schema_id: str = Field(min_length=1, max_length=200)
+    version: int = Field(default=1, ge=1)
+    labels: tuple[Label, ...]
+    instructions: str = ""
+    examples: tuple[FewShotExample, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [label.name for label in self.labels]
+        if len(names) < 2:
+            raise ValueError(f"schema {self.schema_id!r} needs at least two labels")
+        if len(set(names)) != len(names):
+            raise ValueError(f"schema {self.schema_id!r} repeats label names")
+        unknown = sorted({example.label for example in self.examples} - set(names))
+        if unknown:
+            raise ValueError(
+                f"schema {self.schema_id!r} has examples with unknown labels {unknown}"
+            )
+        return self
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(label.name for label in self.labels)
+
+    def check_label(self, label: str) -> str:
+        """The label if it is in the schema, else ValueError naming the schema's labels."""
+        if label not in self.label_names:
+            raise ValueError(
+                f"label {label!r} is not in schema {self.schema_id!r} v{self.version} "
+                f"(labels: {list(self.label_names)})"
+            )
+        return label
+
+
+class ModelRef(_Record):
+    backend: str
+    model: str
+    revision: str = ""
+
+
+class PromptRef(_Record):
+    strategy_id: str
+    version: str
+
+
+class Usage(_Record):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_seconds: float = 0.0
+
+
+class Annotation(_Record):
+    """The annotator's label y_m for one item, with its distribution when the model gives one."""
+
+    item_id: str
+    label: str
+    label_probabilities: dict[str, float] = Field(default_factory=dict)
+    rationale: str = ""
+    stated_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    model: ModelRef
+    prompt: PromptRef
+    schema_id: str
+    schema_version: int
+    usage: Usage = Usage()
+
+
+class Criticism(_Record):
+    """The criticizer's eps = P(label is wrong) for one annotated item."""
+
+    item_id: str
+    label: str
+    error_probability: float = Field(ge=0.0, le=1.0)
+    rationale: str = ""
+    model: ModelRef
+    prompt: PromptRef
+    usage: Usage = Usage()
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+def item_from_proto(message: types_pb2.Item) -> Item:
+    return Item(
+        item_id=message.item_id,
+        text=message.text,
+        images=tuple(
+            Image(data=image.data, uri=image.uri, mime_type=image.mime_type)
+            for image in message.images
+        ),
+        question=message.question if message.HasField("question") else None,
+        metadata=dict(message.metadata),
+    )
+
+
+def item_to_proto(item: Item) -> types_pb2.Item:
+    message = types_pb2.Item(item_id=item.item_id, text=item.text, metadata=item.metadata)
+    for image in item.images:
+        if image.data:
+            message.images.add(data=image.data, mime_type=image.mime_type)
+        else:
+            message.images.add(uri=image.uri, mime_type=image.mime_type)
+    if item.question is not None:
+        message.question = item.question
+    message.content_hash = item.content_hash()
+    return message
+
+
+def schema_from_proto(message: types_pb2.LabelSchema) -> LabelSchema:
+    return LabelSchema(
+        schema_id=message.schema_id,
+        version=message.version or 1,
+        labels=tuple(
+            Label(name=label.name, description=label.description) for label in message.labels
+        ),
+        instructions=message.instructions,
+        examples=tuple(
+            FewShotExample(
+                item=item_from_proto(example.item), label=example.label, rationale=example.rationale
+            )
+            for example in message.examples
+        ),
+    )
+
+
+def schema_to_proto(schema: LabelSchema) -> types_pb2.LabelSchema:
+    message = types_pb2.LabelSchema(
+        schema_id=schema.schema_id, version=schema.version, instructions=schema.instructions
+    )
+    for label in schema.labels:
+        message.labels.add(name=label.name, description=label.description)
+    for example in schema.examples:
+        message.examples.add(
+            item=item_to_proto(example.item), label=example.label, rationale=example.rationale
+        )
+    return message
+
+
+def _model_to_proto(model: ModelRef) -> types_pb2.ModelRef:
+    return types_pb2.ModelRef(backend=model.backend, model=model.model, revision=model.revision)
+
+
+def _prompt_to_proto(prompt: PromptRef) -> types_pb2.PromptRef:
+    return types_pb2.PromptRef(strategy_id=prompt.strategy_id, version=prompt.version)
+
+
+def _usage_to_proto(usage: Usage) -> types_pb2.Usage:
+    return types_pb2.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        latency_seconds=usage.latency_seconds,
+    )
+
+
+def _usage_from_proto(message: types_pb2.Usage) -> Usage:
+    return Usage(
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        latency_seconds=message.latency_seconds,
+    )
+
+
+def annotation_to_proto(annotation: Annotation) -> types_pb2.Annotation:
+    message = types_pb2.Annotation(
+        item_id=annotation.item_id,
+        label=annotation.label,
+        rationale=annotation.rationale,
+        model=_model_to_proto(annotation.model),
+        prompt=_prompt_to_proto(annotation.prompt),
+        schema_id=annotation.schema_id,
+        schema_version=annotation.schema_version,
+        usage=_usage_to_proto(annotation.usage),
+    )
+    for label, probability in annotation.label_probabilities.items():
+        message.distribution.add(label=label, probability=probability)
+    if annotation.stated_confidence is not None:
+        message.stated_confidence = annotation.stated_confidence
+    message.annotated_time.GetCurrentTime()
+    return message
+
+
+def annotation_from_proto(message: types_pb2.Annotation) -> Annotation:
+    return Annotation(
+        item_id=message.item_id,
+        label=message.label,
+        label_probabilities={score.label: score.probability for score in message.distribution},
+        rationale=message.rationale,
+        stated_confidence=(
+            message.stated_confidence if message.HasField("stated_confidence") else None
+        ),
+        model=ModelRef(
+            backend=message.model.backend,
+            model=message.model.model,
+            revision=message.model.revision,
+        ),
+        prompt=PromptRef(strategy_id=message.prompt.strategy_id, version=message.prompt.version),
+        schema_id=message.schema_id,
+        schema_version=message.schema_version,
+        usage=_usage_from_proto(message.usage),
+    )
+
+
+def criticism_to_proto(criticism: Criticism) -> types_pb2.Criticism:
+    message = types_pb2.Criticism(
+        item_id=criticism.item_id,
+        label=criticism.label,
+        error_probability=criticism.error_probability,
+        rationale=criticism.rationale,
+        model=_model_to_proto(criticism.model),
+        prompt=_prompt_to_proto(criticism.prompt),
+        usage=_usage_to_proto(criticism.usage),
+    )
+    message.criticized_time.GetCurrentTime()
+    return message
+
+
+def criticism_from_proto(message: types_pb2.Criticism) -> Criticism:
+    return Criticism(
+        item_id=message.item_id,
+        label=message.label,
+        error_probability=message.error_probability,
+        rationale=message.rationale,
+        model=ModelRef(
+            backend=message.model.backend,
+            model=message.model.model,
+            revision=message.model.revision,
+        ),
+        prompt=PromptRef(strategy_id=message.prompt.strategy_id, version=message.prompt.version),
+        usage=_usage_from_proto(message.usage),
+    )
