@@ -16,7 +16,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from act.inference.errors import InferenceError, InvalidInput, UnsupportedStrategy
-from act.inference.types import Annotation, Criticism, Image, Item, LabelSchema, ModelRef, Usage
+from act.inference.types import (
+    Annotation,
+    Criticism,
+    Image,
+    Item,
+    LabelSchema,
+    ModelRef,
+    PromptRef,
+    Usage,
+)
 
 AnnotationOutcome = Annotation | InferenceError
 CriticismOutcome = Criticism | InferenceError
@@ -67,6 +76,12 @@ class Backend(ABC):
     async def aclose(self) -> None:
         """Release models, connections and files."""
         return None
+
+    def prompt_ref(self, task: Literal["annotation", "criticism"], strategy: str) -> PromptRef:
+        """The prompt (strategy and version) this backend runs for `strategy`, known before
+        any call: recorded outputs are keyed by it (`act.inference.cache`). Override it
+        whenever outputs carry a prompt version, so that a new version is a cache miss."""
+        return PromptRef(strategy_id=strategy, version="")
 
     def check_annotation_strategy(self, strategy: str) -> None:
         _check_strategy(strategy, ANNOTATION_STRATEGIES, self.annotation_strategies, self.name)

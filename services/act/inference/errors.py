@@ -39,6 +39,12 @@ class UnknownSchema(InferenceError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class NotRecorded(InferenceError):
+    """A replayed request whose output was never recorded (`act.inference.cache`)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
 class UnsupportedStrategy(InferenceError):
     """A prompt strategy this backend cannot run (e.g. logprobs on a model without them)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from act.inference import prompts
 from act.inference.base import (
@@ -18,7 +19,15 @@ from act.inference.base import (
     ScoreResponse,
 )
 from act.inference.errors import InferenceError, InvalidInput
-from act.inference.types import Annotation, Criticism, Item, LabelSchema, ModelRef, Usage
+from act.inference.types import (
+    Annotation,
+    Criticism,
+    Item,
+    LabelSchema,
+    ModelRef,
+    PromptRef,
+    Usage,
+)
 
 
 class LLMBackend(Backend):
@@ -41,6 +50,9 @@ class LLMBackend(Backend):
     @property
     def model(self) -> ModelRef:
         return self.chat.model
+
+    def prompt_ref(self, task: Literal["annotation", "criticism"], strategy: str) -> PromptRef:
+        return prompts.prompt_ref(strategy)
 
     async def annotate(
         self, items: Sequence[Item], schema: LabelSchema, strategy: str
