@@ -1,8 +1,10 @@
 """`actctl`: the command line of the ACT pipeline.
 
-Commands so far: `version`, and `sample`, which turns a CSV of criticizer error
+Commands so far: `version`; `sample`, which turns a CSV of criticizer error
 probabilities into review probabilities and keyed review decisions (batch mode of the
-sampler, with the same core functions the services use).
+sampler, with the same core functions the services use); and `serve annotator` /
+`serve criticizer`, which run the model services (settings from `ACT_*` variables, see
+`act.serving.settings`; flags override them).
 """
 
 from __future__ import annotations
@@ -126,6 +128,169 @@ def _parse_params(pairs: list[str]) -> dict[str, float | str]:
         except ValueError:
             params[name] = value
     return params
+
+
+# ----------------------------------------------------------------------------- serve
+
+serve_app = typer.Typer(
+    name="serve",
+    help="Run a model service: gRPC (health checking, reflection) and Prometheus metrics.",
+    no_args_is_help=True,
+)
+app.add_typer(serve_app, name="serve")
+
+_BackendFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="Backend: embedded, instant, replay, openai, hf, vllm, or a factory "
+        "module:attribute (env ACT_BACKEND, default embedded)."
+    ),
+]
+_BackendOptionFlag = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--backend-option",
+        help="Backend setting KEY=VALUE (VALUE as JSON when it parses), repeatable; merged "
+        "over ACT_BACKEND_OPTIONS.",
+    ),
+]
+_HostFlag = Annotated[str | None, typer.Option(help="Bind address (env ACT_HOST, 127.0.0.1).")]
+_PortFlag = Annotated[
+    int | None, typer.Option(help="gRPC port; 0 picks a free one (env ACT_PORT).")
+]
+_MetricsPortFlag = Annotated[
+    int | None,
+    typer.Option(help="Prometheus metrics port; 0 picks a free one (env ACT_METRICS_PORT)."),
+]
+_NoMetricsFlag = Annotated[
+    bool, typer.Option("--no-metrics", help="Do not serve metrics (env ACT_METRICS_ENABLED).")
+]
+_ConcurrencyFlag = Annotated[
+    int | None, typer.Option(help="Backend calls in flight (env ACT_MAX_CONCURRENCY, 4).")
+]
+_QueueFlag = Annotated[
+    int | None,
+    typer.Option(
+        help="Calls waiting for a slot before RESOURCE_EXHAUSTED (env ACT_MAX_QUEUE, 64)."
+    ),
+]
+_BatchFlag = Annotated[
+    int | None, typer.Option(help="Most items per batch request (env ACT_MAX_BATCH, 256).")
+]
+_MessageFlag = Annotated[
+    int | None, typer.Option(help="Largest message in bytes (env ACT_MAX_MESSAGE_BYTES, 32 MiB).")
+]
+_ImageFlag = Annotated[
+    int | None, typer.Option(help="Largest inline image in bytes (env ACT_MAX_IMAGE_BYTES, 8 MiB).")
+]
+_StrategyFlag = Annotated[
+    str | None,
+    typer.Option(help="Strategy of requests that name none (env ACT_DEFAULT_STRATEGY)."),
+]
+_GraceFlag = Annotated[
+    float | None,
+    typer.Option(help="Seconds in-flight RPCs may finish on shutdown (env ACT_GRACE_SECONDS, 10)."),
+]
+_LogLevelFlag = Annotated[str | None, typer.Option(help="Log level (env ACT_LOG_LEVEL, INFO).")]
+
+
+def _serve(service: str, flags: dict[str, object], backend_option: list[str] | None) -> None:
+    from pydantic import ValidationError
+
+    from act.serving.server import run
+    from act.serving.settings import parse_backend_options, settings_with_overrides
+
+    try:
+        settings = settings_with_overrides(flags, parse_backend_options(backend_option or []))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        typer.echo(f"error: invalid settings: {problems}", err=True)
+        raise typer.Exit(code=2) from None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    raise typer.Exit(code=run(service, settings))  # type: ignore[arg-type]
+
+
+@serve_app.command("annotator")
+def serve_annotator(
+    backend: _BackendFlag = None,
+    backend_option: _BackendOptionFlag = None,
+    host: _HostFlag = None,
+    port: _PortFlag = None,
+    metrics_port: _MetricsPortFlag = None,
+    no_metrics: _NoMetricsFlag = False,
+    max_concurrency: _ConcurrencyFlag = None,
+    max_queue: _QueueFlag = None,
+    max_batch: _BatchFlag = None,
+    max_message_bytes: _MessageFlag = None,
+    max_image_bytes: _ImageFlag = None,
+    default_strategy: _StrategyFlag = None,
+    grace_seconds: _GraceFlag = None,
+    log_level: _LogLevelFlag = None,
+) -> None:
+    """Serve act.v1.Annotator until SIGTERM/SIGINT (then drain and stop)."""
+    _serve(
+        "annotator",
+        {
+            "backend": backend,
+            "host": host,
+            "port": port,
+            "metrics_port": metrics_port,
+            "metrics_enabled": False if no_metrics else None,
+            "max_concurrency": max_concurrency,
+            "max_queue": max_queue,
+            "max_batch": max_batch,
+            "max_message_bytes": max_message_bytes,
+            "max_image_bytes": max_image_bytes,
+            "default_strategy": default_strategy,
+            "grace_seconds": grace_seconds,
+            "log_level": log_level,
+        },
+        backend_option,
+    )
+
+
+@serve_app.command("criticizer")
+def serve_criticizer(
+    backend: _BackendFlag = None,
+    backend_option: _BackendOptionFlag = None,
+    host: _HostFlag = None,
+    port: _PortFlag = None,
+    metrics_port: _MetricsPortFlag = None,
+    no_metrics: _NoMetricsFlag = False,
+    max_concurrency: _ConcurrencyFlag = None,
+    max_queue: _QueueFlag = None,
+    max_batch: _BatchFlag = None,
+    max_message_bytes: _MessageFlag = None,
+    max_image_bytes: _ImageFlag = None,
+    default_strategy: _StrategyFlag = None,
+    grace_seconds: _GraceFlag = None,
+    log_level: _LogLevelFlag = None,
+) -> None:
+    """Serve act.v1.Criticizer until SIGTERM/SIGINT (then drain and stop)."""
+    _serve(
+        "criticizer",
+        {
+            "backend": backend,
+            "host": host,
+            "port": port,
+            "metrics_port": metrics_port,
+            "metrics_enabled": False if no_metrics else None,
+            "max_concurrency": max_concurrency,
+            "max_queue": max_queue,
+            "max_batch": max_batch,
+            "max_message_bytes": max_message_bytes,
+            "max_image_bytes": max_image_bytes,
+            "default_strategy": default_strategy,
+            "grace_seconds": grace_seconds,
+            "log_level": log_level,
+        },
+        backend_option,
+    )
 
 
 if __name__ == "__main__":

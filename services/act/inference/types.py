@@ -8,7 +8,7 @@ the boundary) and protobuf messages on the wire (`act.v1.types_pb2`); `to_proto`
 from __future__ import annotations
 
 import hashlib
-import unicodedata
+import re
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,6 +17,8 @@ from act.v1 import types_pb2
 
 MAX_TEXT_CHARS = 100_000
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
+# Control characters (Unicode category Cc) other than tab and newlines, and lone surrogates.
+_INVALID_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class _Record(BaseModel):
@@ -55,7 +57,7 @@ class Item(_Record):
     def _valid_text(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        bad = [char for char in value if _is_invalid_char(char)]
+        bad = _INVALID_CHARS.findall(value)
         if bad:
             raise ValueError(
                 f"text contains {len(bad)} invalid character(s) (first: {bad[0]!r}): "
@@ -78,13 +80,6 @@ class Item(_Record):
         for image in self.images:
             digest.update(hashlib.sha256(image.data or image.uri.encode()).digest())
         return digest.hexdigest()
-
-
-def _is_invalid_char(char: str) -> bool:
-    category = unicodedata.category(char)
-    if category == "Cs":  # unpaired surrogate
-        return True
-    return category == "Cc" and char not in "\n\r\t"
 
 
 class Label(_Record):

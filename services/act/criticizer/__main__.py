@@ -1,0 +1,8 @@
+"""`python -m act.criticizer`: serve the criticizer with settings from `ACT_*` variables."""
+
+import sys
+
+from act.serving.server import run
+
+if __name__ == "__main__":
+    sys.exit(run("criticizer"))

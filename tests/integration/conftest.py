@@ -1,0 +1,64 @@
+"""Integration tests against the real services that deploy/local/ starts.
+
+They read ACT_KAFKA_BOOTSTRAP and ACT_DATABASE_URL (`source deploy/local/env.sh`). When one is
+unset the tests that need it are skipped, except under CI (env CI set, as .ci/run and CI
+runners do), where they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from types import ModuleType
+
+import pytest
+
+START_HINT = "deploy/local/stack.sh up && source deploy/local/env.sh"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "integration: needs the local Kafka broker and PostgreSQL of deploy/local/"
+    )
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _missing(reason: str) -> None:
+    if _under_ci():
+        pytest.fail(f"{reason}; CI must run the integration tests", pytrace=False)
+    pytest.skip(reason)
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        _missing(f"{name} is unset (start the local services: {START_HINT})")
+    return value
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        _missing(f"{name} is not installed ({exc})")
+        raise  # unreachable: _missing raises
+
+
+@pytest.fixture(scope="session")
+def require_module() -> Callable[[str], ModuleType]:
+    """Imports a module, or skips (fails under CI) when it is not installed."""
+    return _import
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    return _env("ACT_KAFKA_BOOTSTRAP")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    return _env("ACT_DATABASE_URL")
