@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from act.client import AnnotatorClient, CriticizerClient
+from act.client import AnnotatorClient, CriticizerClient, ServiceError
 from act.core.metrics import accuracy, auroc
 from act.data import (
     digits_count,
@@ -23,7 +23,7 @@ from act.data import (
     text_schema,
 )
 from act.inference.embedded import EmbeddedBackend
-from act.inference.types import Annotation, Criticism, Item, LabelSchema
+from act.inference.types import Annotation, Criticism, Image, Item, LabelSchema
 from act.serving.server import ModelServer
 from act.serving.settings import ServingSettings
 
@@ -89,3 +89,26 @@ def test_embedded_models_annotate_and_criticize_through_the_grpc_services(
     for _, acc, area, _ in results:
         assert 0.5 < acc < 1.0  # real models making real mistakes
         assert area > 0.7
+
+
+def test_a_corrupt_image_is_invalid_argument_and_the_service_keeps_serving() -> None:
+    async def scenario() -> tuple[ServiceError, str]:
+        settings = ServingSettings(port=0, metrics_port=0)
+        server = ModelServer("annotator", EmbeddedBackend(), settings)
+        await server.start()
+        client = AnnotatorClient(server.address, timeout=60)
+        try:
+            corrupt = Item(item_id="bad", images=(Image(data=b"\x89PNG-not-really"),))
+            schema = digits_schema(n_shots=5, seed=0)
+            with pytest.raises(ServiceError) as info:
+                await client.annotate_one(corrupt, schema)
+            fine = await client.annotate_one(digits_item(0), schema)
+            return info.value, fine.label
+        finally:
+            await client.close()
+            await server.stop(grace=0)
+
+    error, label = asyncio.run(scenario())
+    assert error.code.name == "INVALID_ARGUMENT"
+    assert "bad" in error.message
+    assert label in [str(digit) for digit in range(10)]
