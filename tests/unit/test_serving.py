@@ -651,7 +651,7 @@ def test_shutdown_cancels_work_still_running_after_the_grace_period() -> None:
                 await asyncio.sleep(0.01)
             started = time.perf_counter()
             await server.stop(grace=0.2)
-            assert time.perf_counter() - started < 2.0
+            assert time.perf_counter() - started < 2.5  # the backend alone would take 3 s
             with pytest.raises(ServiceError) as info:
                 await in_flight
             assert info.value.code in (CODE.CANCELLED, CODE.UNAVAILABLE)
@@ -690,7 +690,7 @@ def test_streams_survive_client_cancellation_and_honour_deadlines() -> None:
             else:
                 assert isinstance(outcomes[0], ServiceError)
                 assert outcomes[0].code == CODE.DEADLINE_EXCEEDED and outcomes[0].item_id == "s"
-            assert time.perf_counter() - started < 2.0
+            assert time.perf_counter() - started < 2.5  # the backend alone would take 3 s
 
             # A stream held open past its deadline fails as a whole.
             async def idle() -> AsyncIterator[Item]:
@@ -703,7 +703,7 @@ def test_streams_survive_client_cancellation_and_honour_deadlines() -> None:
             assert info.value.code == CODE.DEADLINE_EXCEEDED
 
             assert (await client.annotate_one(item("ok"), SCHEMA)).item_id == "ok"
-            for _ in range(100):  # the server notices the cancellations asynchronously
+            for _ in range(500):  # the server notices the cancellations asynchronously
                 samples = scrape(server)
                 codes = {
                     dict(labels)["code"]
@@ -712,7 +712,9 @@ def test_streams_survive_client_cancellation_and_honour_deadlines() -> None:
                     and dict(labels)["method"] == "AnnotateStream"
                     and value
                 }
-                if {"CANCELLED", "DEADLINE_EXCEEDED"} <= codes:
+                if {"CANCELLED", "DEADLINE_EXCEEDED"} <= codes and not metric(
+                    samples, "act_annotator_inflight"
+                ):
                     break
                 await asyncio.sleep(0.02)
             assert (
