@@ -1,0 +1,1 @@
+"""The sampler: budgeted review decisions for the annotated, criticized item stream."""
