@@ -21,6 +21,7 @@ import typer
 from act import __version__
 from act.core.sampling import DRAW_METHODS, draw
 from act.core.transforms import DEFAULT_PI_MIN, METHODS, TransformSpec
+from act.review import cli as review_commands
 
 app = typer.Typer(
     name="actctl",
@@ -295,3 +296,8 @@ def serve_criticizer(
 
 if __name__ == "__main__":
     app()
+
+
+# The review queue: `actctl serve review` runs it; `actctl review add-reviewer` issues tokens.
+serve_app.command("review")(review_commands.serve)
+app.add_typer(review_commands.review_app, name="review")

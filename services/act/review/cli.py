@@ -1,0 +1,102 @@
+"""`actctl review ...`: run the review-queue server and manage reviewers.
+
+`review_app` is a typer sub-app; actctl mounts it with `app.add_typer(review_app, name="review")`.
+Settings come from `ACT_REVIEW_*` variables (see `act.review.server`); flags override them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from act.review.errors import ReviewerExists, ReviewStoreError
+from act.review.server import ReviewServer, ReviewSettings
+from act.review.store import ReviewStore
+
+review_app = typer.Typer(
+    name="review",
+    help="The human review queue: serve it (HTTP, web UI, gRPC) and manage reviewers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", help="SQLAlchemy URL of the review store (env ACT_REVIEW_DATABASE_URL)."
+    ),
+]
+
+
+@review_app.command("serve")
+def serve(
+    database_url: DatabaseUrl = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (env ACT_REVIEW_HOST).")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port, 0 for a free one (env ACT_REVIEW_HTTP_PORT).")
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port, 0 for a free one (env ACT_REVIEW_GRPC_PORT).")
+    ] = None,
+    show_machine_label: Annotated[
+        bool | None,
+        typer.Option(
+            "--show-machine-label/--hide-machine-label",
+            help="Show reviewers the model's label (env ACT_REVIEW_SHOW_MACHINE_LABEL).",
+        ),
+    ] = None,
+) -> None:
+    """Serve the review queue: HTTP API and web UI, and the gRPC ReviewQueue service."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    overrides = {} if show_machine_label is None else {"show_machine_label": show_machine_label}
+    try:
+        server = ReviewServer(
+            database_url, http_port, grpc_port, host=host, settings=ReviewSettings(), **overrides
+        )
+        server.start()
+    except (ReviewStoreError, RuntimeError, OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"review UI and API on {server.http_url}/ ; gRPC on {server.grpc_target}", err=True)
+    done = threading.Event()
+
+    def _stop(_signum: int, _frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not done.wait(0.5):
+            if not server.running:
+                typer.echo("error: the review server stopped", err=True)
+                raise typer.Exit(1)
+    finally:
+        server.stop()
+
+
+@review_app.command("add-reviewer")
+def add_reviewer(
+    name: Annotated[str, typer.Argument(help="The reviewer's name (shown in the audit trail).")],
+    database_url: DatabaseUrl = None,
+    rotate: Annotated[
+        bool, typer.Option(help="Issue a new token for an existing reviewer instead.")
+    ] = False,
+) -> None:
+    """Create a reviewer and print their token (shown only once; only its hash is stored)."""
+    url = database_url or ReviewSettings().database_url
+    try:
+        with ReviewStore(url) as store:
+            token = store.rotate_token(name) if rotate else store.add_reviewer(name)
+    except ReviewerExists as exc:
+        typer.echo(
+            f"error: reviewer {exc.name!r} already exists; pass --rotate for a new token", err=True
+        )
+        raise typer.Exit(1) from None
+    except ReviewStoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(token)
