@@ -298,6 +298,8 @@ if __name__ == "__main__":
     app()
 
 
-# The review queue: `actctl serve review` runs it; `actctl review add-reviewer` issues tokens.
+# The review queue: `actctl serve review` runs it, `actctl export` writes the ACT dataset,
+# `actctl review add-reviewer` issues tokens.
 serve_app.command("review")(review_commands.serve)
+app.command("export")(review_commands.export)
 app.add_typer(review_commands.review_app, name="review")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -100,3 +101,29 @@ def add_reviewer(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(token)
+
+
+@review_app.command("export")
+def export(
+    output: Annotated[Path, typer.Argument(help="Parquet file to write (replaced atomically).")],
+    database_url: DatabaseUrl = None,
+    schema_id: Annotated[
+        str | None, typer.Option(help="Only the records of this label schema.")
+    ] = None,
+    include_items: Annotated[
+        bool, typer.Option(help="Also write the serialized item (content) of every record.")
+    ] = False,
+) -> None:
+    """Export the ACT dataset (every record: machine label, eps, pi, delta, human label,
+    reviewer, timestamps, model and prompt versions) to Parquet for the trainer."""
+    url = database_url or ReviewSettings().database_url
+    if output.parent and not output.parent.exists():
+        typer.echo(f"error: folder {output.parent} does not exist", err=True)
+        raise typer.Exit(2)
+    try:
+        with ReviewStore(url) as store:
+            rows = store.export_parquet(output, schema_id=schema_id, include_items=include_items)
+    except ReviewStoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{rows} records written to {output}")
