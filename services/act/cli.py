@@ -22,6 +22,7 @@ from act import __version__
 from act.core.sampling import DRAW_METHODS, draw
 from act.core.transforms import DEFAULT_PI_MIN, METHODS, TransformSpec
 from act.review import cli as review_commands
+from act.sampler import cli as sampler_commands
 
 app = typer.Typer(
     name="actctl",
@@ -301,5 +302,6 @@ if __name__ == "__main__":
 # The review queue: `actctl serve review` runs it, `actctl export` writes the ACT dataset,
 # `actctl review add-reviewer` issues tokens.
 serve_app.command("review")(review_commands.serve)
+serve_app.command("sampler")(sampler_commands.serve)
 app.command("export")(review_commands.export)
 app.add_typer(review_commands.review_app, name="review")
