@@ -295,13 +295,14 @@ def serve_criticizer(
     )
 
 
-if __name__ == "__main__":
-    app()
-
-
 # The review queue: `actctl serve review` runs it, `actctl export` writes the ACT dataset,
 # `actctl review add-reviewer` issues tokens.
 serve_app.command("review")(review_commands.serve)
 serve_app.command("sampler")(sampler_commands.serve)
+serve_app.command("review-consumer")(review_commands.consume)
 app.command("export")(review_commands.export)
 app.add_typer(review_commands.review_app, name="review")
+
+
+if __name__ == "__main__":
+    app()

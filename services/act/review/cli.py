@@ -127,3 +127,40 @@ def export(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{rows} records written to {output}")
+
+
+@review_app.command("consume")
+def consume(
+    database_url: DatabaseUrl = None,
+    group_id: Annotated[str, typer.Option("--group", help="Kafka consumer group.")] = "act-review",
+    topic_suffix: Annotated[
+        str, typer.Option(help="Suffix of the topic names (a namespace of their own).")
+    ] = "",
+    schema_id: Annotated[
+        list[str] | None,
+        typer.Option(help="Label schema(s) to register, by id (bundled or ACT_SCHEMAS_DIR)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+) -> None:
+    """Store every decision of act.decisions.v1 in the review store until SIGTERM/SIGINT
+    (offsets are committed after the database commit; bad records go to act.dlq.v1)."""
+    from act.bus import BusSettings
+    from act.inference.errors import InferenceError
+    from act.review.consumer import serve_decision_consumer
+
+    try:
+        bus = BusSettings()  # ACT_KAFKA_BOOTSTRAP and the other ACT_KAFKA_* settings
+        code = serve_decision_consumer(
+            database_url=database_url,
+            group_id=group_id,
+            topic_suffix=topic_suffix,
+            schema_ids=schema_id or [],
+            metrics_port=metrics_port,
+            bus_settings=bus,
+        )
+    except (InferenceError, ReviewStoreError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
