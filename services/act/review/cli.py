@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from act.review.errors import ReviewerExists, ReviewStoreError
+from act.review.publisher import ReviewPublisher
 from act.review.server import ReviewServer, ReviewSettings
 from act.review.store import ReviewStore
 
@@ -50,13 +51,29 @@ def serve(
             help="Show reviewers the model's label (env ACT_REVIEW_SHOW_MACHINE_LABEL).",
         ),
     ] = None,
+    publish_reviews: Annotated[
+        bool,
+        typer.Option(
+            help="Publish every stored review to act.reviews.v1 (broker: ACT_KAFKA_BOOTSTRAP)."
+        ),
+    ] = False,
+    topic_suffix: Annotated[
+        str, typer.Option(help="Suffix of the topic names (a namespace of their own).")
+    ] = "",
 ) -> None:
     """Serve the review queue: HTTP API and web UI, and the gRPC ReviewQueue service."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     overrides = {} if show_machine_label is None else {"show_machine_label": show_machine_label}
+    publisher = ReviewPublisher(topic_suffix=topic_suffix) if publish_reviews else None
     try:
         server = ReviewServer(
-            database_url, http_port, grpc_port, host=host, settings=ReviewSettings(), **overrides
+            database_url,
+            http_port,
+            grpc_port,
+            host=host,
+            settings=ReviewSettings(),
+            on_review=publisher,
+            **overrides,
         )
         server.start()
     except (ReviewStoreError, RuntimeError, OSError, ValueError) as exc:
@@ -77,6 +94,8 @@ def serve(
                 raise typer.Exit(1)
     finally:
         server.stop()
+        if publisher is not None:
+            publisher.close()
 
 
 @review_app.command("add-reviewer")
