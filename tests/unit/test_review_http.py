@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from act.inference.types import (
@@ -356,3 +357,34 @@ def test_page_never_parses_content_as_markup() -> None:
     # No inline script or style: the CSP (default-src 'self') would block them.
     assert re.search(r"<script(?![^>]*\bsrc=)", page) is None
     assert "<style" not in page and " style=" not in page and "onclick" not in page.lower()
+
+
+def test_metrics_report_queue_depth_agreement_and_window_budget_from_the_store(
+    client: TestClient, token: str
+) -> None:
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = client.get("/metrics")  # no token: Prometheus scrapes it
+        assert response.status_code == 200
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+
+    before = scrape()
+    assert before[("act_review_queue_depth", (("state", "pending"),))] == 2
+    assert before[("act_review_queue_depth", (("state", "not_selected"),))] == 1
+    assert ("act_review_agreement_ratio", ()) not in before  # nothing reviewed yet
+    [item] = claim(client, token, lease_seconds=60)
+    response = client.post(
+        f"/api/items/{item['item_id']}/review",
+        json={"claim_id": item["claim_id"], "label": "spam"},
+        headers=auth(token),
+    )
+    assert response.status_code == 200, response.text
+    after = scrape()
+    assert after[("act_review_queue_depth", (("state", "reviewed"),))] == 1
+    assert after[("act_review_agreement_ratio", ())] == 1.0  # the machine said spam too
+    selected = [v for (name, _), v in after.items() if name == "act_review_budget_selected"]
+    reviewed = [v for (name, _), v in after.items() if name == "act_review_budget_reviewed"]
+    assert sum(selected) == 2 and sum(reviewed) == 1

@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -47,6 +48,7 @@ from act.review.errors import (
     UnknownItem,
     UnknownReviewer,
 )
+from act.review.metrics import review_registry
 from act.review.store import ClaimedRecord, QueueStats, ReviewStore
 from act.v1 import bus_pb2
 
@@ -323,6 +325,7 @@ class ReviewApi:
         self.store = store
         self.options = options
         self.on_review = on_review
+        self.metrics_registry = review_registry(store)
 
     async def reviewer(self, request: Request) -> str:
         header = request.headers.get("authorization", "")
@@ -360,6 +363,11 @@ class ReviewApi:
 
     async def healthz(self, _request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def metrics(self, _request: Request) -> Response:
+        """Prometheus text format, read from the store now (no reviewer token needed)."""
+        body = await run_in_threadpool(generate_latest, self.metrics_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def index(self, _request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
@@ -443,6 +451,7 @@ def create_app(
     routes = [
         Route("/", api.index, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
         Route("/api/me", api.me, methods=["GET"]),
         Route("/api/claim", api.claim, methods=["POST"]),
         Route("/api/items/{item_id:path}/review", api.review, methods=["POST"]),

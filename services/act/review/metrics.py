@@ -1,0 +1,78 @@
+"""Prometheus metrics of the review queue, read from the store at scrape time.
+
+A custom collector queries `ReviewStore.stats()` on each scrape, so the figures are never
+stale and nothing is cached between scrapes: queue depth by state, the age of the oldest
+pending item (the time-to-review backlog), human–machine agreement on reviewed items, and
+the budget of each sampling window (reviews drawn against the expected spend sum(pi)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from act.review.store import ReviewStore
+
+# Windows reported per scrape: the most recent ones, so label cardinality stays bounded.
+MAX_WINDOWS = 50
+
+
+class ReviewStoreCollector(Collector):
+    def __init__(self, store: ReviewStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self.store.stats()
+        depth = GaugeMetricFamily(
+            "act_review_queue_depth", "Records by review state", labels=["state"]
+        )
+        for state in ("pending", "claimed", "reviewed", "not_selected"):
+            depth.add_metric([state], getattr(stats, state))
+        yield depth
+        yield CounterMetricFamily(
+            "act_review_decisions_stored", "Decisions stored (one per item)", value=stats.decisions
+        )
+        age = stats.oldest_pending_age.total_seconds() if stats.oldest_pending_age else 0.0
+        yield GaugeMetricFamily(
+            "act_review_oldest_pending_age_seconds",
+            "Age of the oldest item waiting for a reviewer (0 when none waits)",
+            value=age,
+        )
+        if stats.agreement_rate is not None:
+            yield GaugeMetricFamily(
+                "act_review_agreement_ratio",
+                "Share of reviewed items where the human label equals the machine label",
+                value=stats.agreement_rate,
+            )
+        selected = GaugeMetricFamily(
+            "act_review_budget_selected",
+            "Reviews drawn in a sampling window",
+            labels=["budget_id", "window_id"],
+        )
+        expected = GaugeMetricFamily(
+            "act_review_budget_expected",
+            "Expected spend sum(pi) of a sampling window",
+            labels=["budget_id", "window_id"],
+        )
+        reviewed = GaugeMetricFamily(
+            "act_review_budget_reviewed",
+            "Reviews done in a sampling window",
+            labels=["budget_id", "window_id"],
+        )
+        for window in stats.windows[-MAX_WINDOWS:]:
+            labels = [window.budget_id, window.window_id]
+            selected.add_metric(labels, window.selected)
+            expected.add_metric(labels, window.expected)
+            reviewed.add_metric(labels, window.reviewed)
+        yield selected
+        yield expected
+        yield reviewed
+
+
+def review_registry(store: ReviewStore) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(ReviewStoreCollector(store))
+    return registry
