@@ -217,82 +217,53 @@ def _serve(service: str, flags: dict[str, object], backend_option: list[str] | N
     raise typer.Exit(code=run(service, settings))  # type: ignore[arg-type]
 
 
-@serve_app.command("annotator")
-def serve_annotator(
-    backend: _BackendFlag = None,
-    backend_option: _BackendOptionFlag = None,
-    host: _HostFlag = None,
-    port: _PortFlag = None,
-    metrics_port: _MetricsPortFlag = None,
-    no_metrics: _NoMetricsFlag = False,
-    max_concurrency: _ConcurrencyFlag = None,
-    max_queue: _QueueFlag = None,
-    max_batch: _BatchFlag = None,
-    max_message_bytes: _MessageFlag = None,
-    max_image_bytes: _ImageFlag = None,
-    default_strategy: _StrategyFlag = None,
-    grace_seconds: _GraceFlag = None,
-    log_level: _LogLevelFlag = None,
-) -> None:
-    """Serve act.v1.Annotator until SIGTERM/SIGINT (then drain and stop)."""
-    _serve(
-        "annotator",
-        {
-            "backend": backend,
-            "host": host,
-            "port": port,
-            "metrics_port": metrics_port,
-            "metrics_enabled": False if no_metrics else None,
-            "max_concurrency": max_concurrency,
-            "max_queue": max_queue,
-            "max_batch": max_batch,
-            "max_message_bytes": max_message_bytes,
-            "max_image_bytes": max_image_bytes,
-            "default_strategy": default_strategy,
-            "grace_seconds": grace_seconds,
-            "log_level": log_level,
-        },
-        backend_option,
+def _model_server_command(service: str) -> None:
+    """Registers `actctl serve <service>` for the annotator or the criticizer (same flags)."""
+
+    def command(
+        backend: _BackendFlag = None,
+        backend_option: _BackendOptionFlag = None,
+        host: _HostFlag = None,
+        port: _PortFlag = None,
+        metrics_port: _MetricsPortFlag = None,
+        no_metrics: _NoMetricsFlag = False,
+        max_concurrency: _ConcurrencyFlag = None,
+        max_queue: _QueueFlag = None,
+        max_batch: _BatchFlag = None,
+        max_message_bytes: _MessageFlag = None,
+        max_image_bytes: _ImageFlag = None,
+        default_strategy: _StrategyFlag = None,
+        grace_seconds: _GraceFlag = None,
+        log_level: _LogLevelFlag = None,
+    ) -> None:
+        _serve(
+            service,
+            {
+                "backend": backend,
+                "host": host,
+                "port": port,
+                "metrics_port": metrics_port,
+                "metrics_enabled": False if no_metrics else None,
+                "max_concurrency": max_concurrency,
+                "max_queue": max_queue,
+                "max_batch": max_batch,
+                "max_message_bytes": max_message_bytes,
+                "max_image_bytes": max_image_bytes,
+                "default_strategy": default_strategy,
+                "grace_seconds": grace_seconds,
+                "log_level": log_level,
+            },
+            backend_option,
+        )
+
+    command.__doc__ = (
+        f"Serve act.v1.{service.capitalize()} until SIGTERM/SIGINT (then drain and stop)."
     )
+    serve_app.command(service)(command)
 
 
-@serve_app.command("criticizer")
-def serve_criticizer(
-    backend: _BackendFlag = None,
-    backend_option: _BackendOptionFlag = None,
-    host: _HostFlag = None,
-    port: _PortFlag = None,
-    metrics_port: _MetricsPortFlag = None,
-    no_metrics: _NoMetricsFlag = False,
-    max_concurrency: _ConcurrencyFlag = None,
-    max_queue: _QueueFlag = None,
-    max_batch: _BatchFlag = None,
-    max_message_bytes: _MessageFlag = None,
-    max_image_bytes: _ImageFlag = None,
-    default_strategy: _StrategyFlag = None,
-    grace_seconds: _GraceFlag = None,
-    log_level: _LogLevelFlag = None,
-) -> None:
-    """Serve act.v1.Criticizer until SIGTERM/SIGINT (then drain and stop)."""
-    _serve(
-        "criticizer",
-        {
-            "backend": backend,
-            "host": host,
-            "port": port,
-            "metrics_port": metrics_port,
-            "metrics_enabled": False if no_metrics else None,
-            "max_concurrency": max_concurrency,
-            "max_queue": max_queue,
-            "max_batch": max_batch,
-            "max_message_bytes": max_message_bytes,
-            "max_image_bytes": max_image_bytes,
-            "default_strategy": default_strategy,
-            "grace_seconds": grace_seconds,
-            "log_level": log_level,
-        },
-        backend_option,
-    )
+_model_server_command("annotator")
+_model_server_command("criticizer")
 
 
 # The review queue: `actctl serve review` runs it, `actctl export` writes the ACT dataset,
