@@ -132,6 +132,7 @@ class ServiceInfo(BaseModel):
 
 class _ServiceClient:
     service_name = ""
+    stub: Any  # the service's generated stub, set by the subclass
 
     def __init__(
         self,
@@ -198,6 +199,13 @@ class _ServiceClient:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"{self.target}: not SERVING after {timeout} s (last: {last})")
 
+    async def info(self, *, timeout: float | None = None) -> ServiceInfo:
+        """What the service runs: model, strategies, limits (GetInfo of either service)."""
+        message = await self._unary(
+            "GetInfo", self.stub.GetInfo, info_pb2.GetInfoRequest(), timeout
+        )
+        return ServiceInfo.from_proto(message)
+
 
 class AnnotatorClient(_ServiceClient):
     """Client of `act.v1.Annotator`."""
@@ -207,12 +215,6 @@ class AnnotatorClient(_ServiceClient):
     def __init__(self, target: str, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
         self.stub = annotator_pb2_grpc.AnnotatorStub(self.channel)
-
-    async def info(self, *, timeout: float | None = None) -> ServiceInfo:
-        message = await self._unary(
-            "GetInfo", self.stub.GetInfo, info_pb2.GetInfoRequest(), timeout
-        )
-        return ServiceInfo.from_proto(message)
 
     async def annotate_one(
         self, item: Item, schema: LabelSchema, strategy: str = "", *, timeout: float | None = None
@@ -287,12 +289,6 @@ class CriticizerClient(_ServiceClient):
     def __init__(self, target: str, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
         self.stub = criticizer_pb2_grpc.CriticizerStub(self.channel)
-
-    async def info(self, *, timeout: float | None = None) -> ServiceInfo:
-        message = await self._unary(
-            "GetInfo", self.stub.GetInfo, info_pb2.GetInfoRequest(), timeout
-        )
-        return ServiceInfo.from_proto(message)
 
     async def criticize_one(
         self,
