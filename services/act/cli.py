@@ -21,6 +21,7 @@ import typer
 from act import __version__
 from act.core.sampling import DRAW_METHODS, draw
 from act.core.transforms import DEFAULT_PI_MIN, METHODS, TransformSpec
+from act.local import cli as local_commands
 from act.review import cli as review_commands
 from act.sampler import cli as sampler_commands
 
@@ -273,6 +274,13 @@ serve_app.command("sampler")(sampler_commands.serve)
 serve_app.command("review-consumer")(review_commands.consume)
 app.command("export")(review_commands.export)
 app.add_typer(review_commands.review_app, name="review")
+
+# The whole system as local processes (act.local): `up`, `status`, `down`, and `ingest` of
+# files and folders onto act.items.v1.
+app.command("up")(local_commands.up)
+app.command("status")(local_commands.status)
+app.command("down")(local_commands.down)
+app.command("ingest")(local_commands.ingest)
 
 
 if __name__ == "__main__":

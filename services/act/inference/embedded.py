@@ -305,9 +305,10 @@ class EmbeddedBackend(Backend):
                 f"w={s.description_weight:g}) image=centroid(t={s.image_temperature:g})"
             )
         elif strategy == "direct":
+            # Short: the review store keeps prompt versions of up to 64 characters.
             version = (
                 f"embedded-{METHOD_VERSION} text=logreg(c={s.critic_regularization:g})|"
-                f"hypothesis(t={s.critic_temperature:g}) "
+                f"hyp(t={s.critic_temperature:g}) "
                 f"image=logreg(c={s.image_critic_regularization:g})"
             )
         else:
