@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from pydantic import ValidationError
 
 from act.core.metrics import auroc
 from act.data import (
@@ -31,7 +32,16 @@ from act.data import (
 )
 from act.inference.embedded import EmbeddedBackend
 from act.inference.errors import InferenceError, InvalidInput, UnsupportedStrategy
-from act.inference.types import Annotation, Criticism, Image, Item, LabelSchema
+from act.inference.types import (
+    BACKEND_NAME_MAX_CHARS,
+    PROMPT_VERSION_MAX_CHARS,
+    Annotation,
+    Criticism,
+    Image,
+    Item,
+    LabelSchema,
+    PromptRef,
+)
 
 EVAL_DIGITS = 300
 
@@ -396,3 +406,15 @@ def test_the_model_loads_once_and_errors_are_inference_errors(backend: EmbeddedB
     _annotate(backend, [Item(item_id="x", text="hello there")], text_schema())
     assert backend._load_encoder() is encoder
     assert issubclass(InvalidInput, InferenceError)
+
+
+def test_its_model_and_prompt_names_fit_the_provenance_the_review_store_keeps(
+    backend: EmbeddedBackend,
+) -> None:
+    # A version longer than the store's column sent every embedded decision to the DLQ once.
+    refs = [backend.prompt_ref("annotation", s) for s in backend.annotation_strategies]
+    refs += [backend.prompt_ref("criticism", s) for s in backend.criticism_strategies]
+    assert all(len(ref.version) <= PROMPT_VERSION_MAX_CHARS for ref in refs)
+    assert len(backend.model.backend) <= BACKEND_NAME_MAX_CHARS
+    with pytest.raises(ValidationError, match="at most 64 characters"):
+        PromptRef(strategy_id="direct", version="v" * (PROMPT_VERSION_MAX_CHARS + 1))

@@ -305,7 +305,7 @@ class EmbeddedBackend(Backend):
                 f"w={s.description_weight:g}) image=centroid(t={s.image_temperature:g})"
             )
         elif strategy == "direct":
-            # Short: the review store keeps prompt versions of up to 64 characters.
+            # Kept short: PromptRef.version has PROMPT_VERSION_MAX_CHARS, the store column width.
             version = (
                 f"embedded-{METHOD_VERSION} text=logreg(c={s.critic_regularization:g})|"
                 f"hyp(t={s.critic_temperature:g}) "

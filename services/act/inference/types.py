@@ -134,15 +134,24 @@ class LabelSchema(_Record):
         return label
 
 
+# Provenance is stored with every decision (act.review.tables uses these as column widths):
+# a backend whose names do not fit fails when it describes itself, not at every record.
+BACKEND_NAME_MAX_CHARS = 64
+MODEL_NAME_MAX_CHARS = 500
+REVISION_MAX_CHARS = 200
+PROMPT_STRATEGY_MAX_CHARS = 200
+PROMPT_VERSION_MAX_CHARS = 64
+
+
 class ModelRef(_Record):
-    backend: str
-    model: str
-    revision: str = ""
+    backend: str = Field(max_length=BACKEND_NAME_MAX_CHARS)
+    model: str = Field(max_length=MODEL_NAME_MAX_CHARS)
+    revision: str = Field(default="", max_length=REVISION_MAX_CHARS)
 
 
 class PromptRef(_Record):
-    strategy_id: str
-    version: str
+    strategy_id: str = Field(max_length=PROMPT_STRATEGY_MAX_CHARS)
+    version: str = Field(max_length=PROMPT_VERSION_MAX_CHARS)
 
 
 class Usage(_Record):

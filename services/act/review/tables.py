@@ -20,6 +20,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
+from act.inference.types import (
+    BACKEND_NAME_MAX_CHARS,
+    MODEL_NAME_MAX_CHARS,
+    PROMPT_STRATEGY_MAX_CHARS,
+    PROMPT_VERSION_MAX_CHARS,
+    REVISION_MAX_CHARS,
+)
+
 STATES = ("not_selected", "pending", "claimed", "reviewed")
 QUEUED_STATES = ("pending", "claimed")
 AUDIT_ACTIONS = ("review", "correction", "release")
@@ -87,16 +95,16 @@ records = sa.Table(
     sa.Column("budget_id", sa.String(200), nullable=False),
     sa.Column("seed_id", sa.String(200), nullable=False),
     sa.Column("window_id", sa.String(200), nullable=False),
-    sa.Column("annotator_backend", sa.String(64), nullable=False),
-    sa.Column("annotator_model", sa.String(500), nullable=False),
-    sa.Column("annotator_model_revision", sa.String(200), nullable=False),
-    sa.Column("annotator_prompt", sa.String(200), nullable=False),
-    sa.Column("annotator_prompt_version", sa.String(64), nullable=False),
-    sa.Column("criticizer_backend", sa.String(64), nullable=False),
-    sa.Column("criticizer_model", sa.String(500), nullable=False),
-    sa.Column("criticizer_model_revision", sa.String(200), nullable=False),
-    sa.Column("criticizer_prompt", sa.String(200), nullable=False),
-    sa.Column("criticizer_prompt_version", sa.String(64), nullable=False),
+    sa.Column("annotator_backend", sa.String(BACKEND_NAME_MAX_CHARS), nullable=False),
+    sa.Column("annotator_model", sa.String(MODEL_NAME_MAX_CHARS), nullable=False),
+    sa.Column("annotator_model_revision", sa.String(REVISION_MAX_CHARS), nullable=False),
+    sa.Column("annotator_prompt", sa.String(PROMPT_STRATEGY_MAX_CHARS), nullable=False),
+    sa.Column("annotator_prompt_version", sa.String(PROMPT_VERSION_MAX_CHARS), nullable=False),
+    sa.Column("criticizer_backend", sa.String(BACKEND_NAME_MAX_CHARS), nullable=False),
+    sa.Column("criticizer_model", sa.String(MODEL_NAME_MAX_CHARS), nullable=False),
+    sa.Column("criticizer_model_revision", sa.String(REVISION_MAX_CHARS), nullable=False),
+    sa.Column("criticizer_prompt", sa.String(PROMPT_STRATEGY_MAX_CHARS), nullable=False),
+    sa.Column("criticizer_prompt_version", sa.String(PROMPT_VERSION_MAX_CHARS), nullable=False),
     sa.Column("decided_at", UTCDateTime, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
