@@ -21,9 +21,11 @@ import typer
 from act import __version__
 from act.core.sampling import DRAW_METHODS, draw
 from act.core.transforms import DEFAULT_PI_MIN, METHODS, TransformSpec
+from act.experiment import cli as experiment_commands
 from act.local import cli as local_commands
 from act.review import cli as review_commands
 from act.sampler import cli as sampler_commands
+from act.trainer import cli as trainer_commands
 
 app = typer.Typer(
     name="actctl",
@@ -275,12 +277,21 @@ serve_app.command("review-consumer")(review_commands.consume)
 app.command("export")(review_commands.export)
 app.add_typer(review_commands.review_app, name="review")
 
+# The paper's study offline, and the one-command tour on bundled data (docs/experiment.md).
+app.command("experiment")(experiment_commands.experiment)
+app.command("demo")(experiment_commands.demo)
+
 # The whole system as local processes (act.local): `up`, `status`, `down`, and `ingest` of
 # files and folders onto act.items.v1.
 app.command("up")(local_commands.up)
 app.command("status")(local_commands.status)
 app.command("down")(local_commands.down)
 app.command("ingest")(local_commands.ingest)
+
+# Training on the ACT data (act.trainer): `featurize` turns the export into a training table,
+# `train` fits the downstream model in-process or on Ray Train (docs/training.md).
+app.command("featurize")(trainer_commands.featurize)
+app.command("train")(trainer_commands.train)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,14 @@ def _fenced_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", readme, flags=re.DOTALL)
 
 
+def test_readme_starts_with_the_one_command_demo() -> None:
+    install, demo = _fenced_blocks("bash")[0].strip().splitlines()
+    assert 'pip install -e ".[demo]"' in install
+    assert demo.strip() == "actctl demo"
+
+
 def test_readme_gives_install_and_test_in_two_commands_and_ci_runs_the_test_one() -> None:
-    install, test = _fenced_blocks("bash")[0].strip().splitlines()
+    install, test = _fenced_blocks("bash")[1].strip().splitlines()
     assert "pip install" in install
     assert test.startswith("python -m pytest")
     ci_commands = [

@@ -15,9 +15,11 @@ from typing import Annotated
 import typer
 
 from act.review.errors import ReviewerExists, ReviewStoreError
-from act.review.publisher import ReviewPublisher
-from act.review.server import ReviewServer, ReviewSettings
 from act.review.store import ReviewStore
+
+# act.review.server (gRPC, uvicorn, starlette) and act.review.publisher (Kafka) are imported
+# inside the commands that use them: actctl imports this module for every command, and
+# `actctl demo` must run with the `demo` extra alone.
 
 review_app = typer.Typer(
     name="review",
@@ -62,6 +64,9 @@ def serve(
     ] = "",
 ) -> None:
     """Serve the review queue: HTTP API and web UI, and the gRPC ReviewQueue service."""
+    from act.review.publisher import ReviewPublisher
+    from act.review.server import ReviewServer, ReviewSettings
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     overrides = {} if show_machine_label is None else {"show_machine_label": show_machine_label}
     publisher = ReviewPublisher(topic_suffix=topic_suffix) if publish_reviews else None
@@ -107,6 +112,8 @@ def add_reviewer(
     ] = False,
 ) -> None:
     """Create a reviewer and print their token (shown only once; only its hash is stored)."""
+    from act.review.server import ReviewSettings
+
     url = database_url or ReviewSettings().database_url
     try:
         with ReviewStore(url) as store:
@@ -135,6 +142,8 @@ def export(
 ) -> None:
     """Export the ACT dataset (every record: machine label, eps, pi, delta, human label,
     reviewer, timestamps, model and prompt versions) to Parquet for the trainer."""
+    from act.review.server import ReviewSettings
+
     url = database_url or ReviewSettings().database_url
     if output.parent and not output.parent.exists():
         typer.echo(f"error: folder {output.parent} does not exist", err=True)
