@@ -3,7 +3,8 @@
 A custom collector queries `ReviewStore.stats()` on each scrape, so the figures are never
 stale and nothing is cached between scrapes: queue depth by state, the age of the oldest
 pending item (the time-to-review backlog), human–machine agreement on reviewed items, and
-the budget of each sampling window (reviews drawn against the expected spend sum(pi)).
+the budget of each sampling window (reviews drawn against the expected spend sum(pi), and the
+decisions made after its hard cap was reached).
 """
 
 from __future__ import annotations
@@ -62,14 +63,23 @@ class ReviewStoreCollector(Collector):
             "Reviews done in a sampling window",
             labels=["budget_id", "window_id"],
         )
+        # Items decided after the window's hard cap was hit (pi forced to 0): the budget ran out
+        # early, which the pacer aims to make rarer than its cap probability.
+        capped = GaugeMetricFamily(
+            "act_review_budget_capped",
+            "Decisions of a sampling window made after its hard cap was reached (pi = 0)",
+            labels=["budget_id", "window_id"],
+        )
         for window in stats.windows[-MAX_WINDOWS:]:
             labels = [window.budget_id, window.window_id]
             selected.add_metric(labels, window.selected)
             expected.add_metric(labels, window.expected)
             reviewed.add_metric(labels, window.reviewed)
+            capped.add_metric(labels, window.capped)
         yield selected
         yield expected
         yield reviewed
+        yield capped
 
 
 def review_registry(store: ReviewStore) -> CollectorRegistry:
