@@ -5,7 +5,7 @@
 1. Seconds per epoch of the ACT loss (default: clipped; and unbiased) against plain
    cross-entropy on the machine labels, same model, data and batches, runs interleaved so that
    all see the same machine state; prints the ratio (target < 1.15) for a small and a wider
-   MLP (the ACT loss adds a fixed cost per batch: its checks of delta and pi and the weights).
+   MLP (the ACT loss adds a fixed cost per batch: its fused autograd function's overhead).
 2. Ray Train with 2 CPU workers against in-process training on the same table: seconds per
    epoch (best epoch) and wall time of the whole run including Ray's start-up.
 """

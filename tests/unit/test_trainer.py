@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from act.core.sampling import draw
 from act.core.transforms import review_probabilities
 from act.trainer import EvalData, TrainConfig, TrainingData, train_in_process
+from act.trainer.loop import Batch, batch_loss, with_act_targets
 
 N_CLASSES = 4
 
@@ -290,3 +291,27 @@ def test_features_must_fit_the_model() -> None:
             TrainConfig(loss="machine", epochs=1, device="cpu", input_shape=(2, 2)),
             TrainingData(**_columns()),
         )
+
+
+@pytest.mark.parametrize(("lam", "max_weight"), [(1.0, 1.0), (0.5, None), (0.0, 2.0)])
+def test_act_targets_computed_once_per_epoch_give_the_per_batch_loss_and_gradient(
+    lam: float, max_weight: float | None
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(32, 4, generator=generator, requires_grad=True)
+    delta = torch.rand(32, generator=generator) < 0.3
+    batch = Batch(
+        features=torch.zeros(32, 1),
+        machine=torch.randint(0, 4, (32,), generator=generator),
+        human=torch.where(delta, torch.randint(0, 4, (32,), generator=generator), -1),
+        delta=delta,
+        pi=torch.rand(32, generator=generator, dtype=torch.float64).clamp(min=0.05),
+    )
+    config = TrainConfig(loss="act", lam=lam, max_weight=max_weight)
+    per_batch = batch_loss(config, logits, batch, lam)
+    (per_batch_grad,) = torch.autograd.grad(per_batch, logits)
+    weighted = with_act_targets(config, batch, lam)
+    precomputed = batch_loss(config, logits, weighted, lam)
+    (precomputed_grad,) = torch.autograd.grad(precomputed, logits)
+    assert torch.allclose(per_batch, precomputed)
+    assert torch.allclose(per_batch_grad, precomputed_grad)

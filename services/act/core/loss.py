@@ -129,8 +129,31 @@ def act_cross_entropy(
     w_machine, w_human = act_weights(
         delta_mask, pi, lam, max_weight=max_weight, dtype=logits.dtype, device=logits.device
     )
-    labels = torch.stack([y_machine, torch.where(delta_mask, y_human, y_machine)], dim=1)
-    return _WeightedCrossEntropy.apply(logits, labels, torch.stack([w_machine, w_human], dim=1))
+    labels, weights = act_targets(y_machine, y_human, w_machine, w_human)
+    return weighted_act_cross_entropy(logits, labels, weights)
+
+
+def act_targets(
+    y_machine: torch.Tensor, y_human: torch.Tensor, w_machine: torch.Tensor, w_human: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ACT loss's per-item targets: labels (N, 2) = (y_m, y_h) and weights (N, 2) =
+    (w_m, w_h) from `act_weights`; y_h is replaced by y_m where w_h = 0, so it is never read
+    there (it may be -1)."""
+    labels = torch.stack([y_machine, torch.where(w_human != 0, y_human, y_machine)], dim=1)
+    return labels, torch.stack([w_machine, w_human], dim=1)
+
+
+def weighted_act_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """mean_i [w_m,i * CE(logits_i, y_m,i) + w_h,i * CE(logits_i, y_h,i)], fused, on targets
+    from `act_targets`.
+
+    Nothing is checked here: `act_weights` checks delta and pi. A trainer computes the targets
+    once per epoch for the whole data set and slices them per mini-batch, because on small
+    batches the checks and the stacking cost more than the loss itself.
+    """
+    return _WeightedCrossEntropy.apply(logits, labels, weights)
 
 
 class _WeightedCrossEntropy(torch.autograd.Function):

@@ -14,8 +14,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,13 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from act.core.loss import act_cross_entropy, power_tuning_lambda
+from act.core.loss import (
+    act_cross_entropy,
+    act_targets,
+    act_weights,
+    power_tuning_lambda,
+    weighted_act_cross_entropy,
+)
 from act.trainer.config import TrainConfig
 from act.trainer.data import EvalData, TrainingData, check_eval, check_features, rows_to_drop
 from act.trainer.models import MODELS, build_model
@@ -43,12 +49,21 @@ class Batch:
     human: torch.Tensor
     delta: torch.Tensor
     pi: torch.Tensor
+    # The ACT loss's targets, labels (n, 2) and weights (n, 2) (`act.core.loss.act_targets`),
+    # when computed for the epoch's lam over the whole data set up front; None: the loss
+    # computes and checks them from delta and pi for every batch.
+    act_labels: torch.Tensor | None = None
+    act_weights: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(tensor.to(device) for tensor in self.tensors()))
+        return self.map(lambda tensor: tensor.to(device))
 
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.features, self.machine, self.human, self.delta, self.pi)
+    def rows(self, indices: torch.Tensor) -> Batch:
+        return self.map(lambda tensor: tensor[indices])
+
+    def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        tensors = (getattr(self, column.name) for column in fields(self))
+        return Batch(*(None if tensor is None else function(tensor) for tensor in tensors))
 
 
 @dataclass(frozen=True)
@@ -189,6 +204,8 @@ def batch_loss(
         return functional.cross_entropy(
             logits, torch.where(batch.delta, batch.human, batch.machine)
         )
+    if batch.act_labels is not None and batch.act_weights is not None:
+        return weighted_act_cross_entropy(logits, batch.act_labels, batch.act_weights)
     return act_cross_entropy(
         logits,
         batch.machine,
@@ -198,6 +215,15 @@ def batch_loss(
         1.0 if lam is None else lam,
         max_weight=config.max_weight,
     )
+
+
+def with_act_targets(config: TrainConfig, everything: Batch, lam: float) -> Batch:
+    """`everything` with the ACT loss's targets for one epoch's lam, checked once."""
+    w_machine, w_human = act_weights(
+        everything.delta, everything.pi, lam, max_weight=config.max_weight, dtype=torch.float32
+    )
+    labels, weights = act_targets(everything.machine, everything.human, w_machine, w_human)
+    return replace(everything, act_labels=labels, act_weights=weights)
 
 
 def train_epoch(
@@ -384,13 +410,13 @@ class EpochProgress:
 
 
 def _batches(
-    tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: torch.Generator | None = None
+    everything: Batch, batch_size: int, shuffle: torch.Generator | None = None
 ) -> Iterator[Batch]:
     """Mini-batches in a seeded random order (in row order without a generator)."""
-    n = tensors[0].shape[0]
+    n = everything.machine.shape[0]
     order = torch.arange(n) if shuffle is None else torch.randperm(n, generator=shuffle)
     for indices in _chunks(order, batch_size):
-        yield Batch(*(tensor[indices] for tensor in tensors))
+        yield everything.rows(indices)
 
 
 def train_in_process(
@@ -427,7 +453,7 @@ def train_in_process(
     summary = human_weight_summary(data.delta, data.pi, config.max_weight)
     notes.extend(bias_notes(config, summary))
     device = resolve_device(config.device)
-    tensors = (
+    everything = Batch(
         features,
         as_tensor(data.machine_labels),
         as_tensor(data.human_labels),
@@ -453,16 +479,17 @@ def train_in_process(
                 if config.loss == "act":
                     lam = (
                         estimate_power_lambda(
-                            model, _batches(tensors, config.eval_batch_size), device
+                            model, _batches(everything, config.eval_batch_size), device
                         )
                         if config.lam == "power"
                         else float(config.lam)
                     )
+                    everything = with_act_targets(config, everything, lam)
                 train_loss, _ = train_epoch(
                     config,
                     model,
                     optimizer,
-                    _batches(tensors, config.batch_size, shuffle),
+                    _batches(everything, config.batch_size, shuffle),
                     lam,
                     device,
                 )

@@ -136,7 +136,7 @@ def _batches(
         )
         if drop_unlabelled:
             keep = ~(batch.delta & (batch.human == NO_HUMAN_LABEL))
-            batch = Batch(*(tensor[keep] for tensor in batch.tensors()))
+            batch = batch.rows(keep)
         yield batch
 
 
