@@ -145,7 +145,7 @@ def test_moderation_export_becomes_minilm_embeddings(tmp_path: Path) -> None:
     assert np.allclose(np.linalg.norm(data.features, axis=1), 1.0, atol=1e-4)
     order = pq.read_table(export, columns=["item_id"]).column("item_id").to_pylist()
     same = [position for position, item_id in enumerate(order) if item_id == rows[0].item.item_id]
-    expected = EmbeddedBackend()._embed([rows[0].item.text])[0]
+    expected = EmbeddedBackend().embed_texts([rows[0].item.text])[0]
     assert np.allclose(data.features[same[0]], expected, atol=1e-5)
 
 

@@ -212,7 +212,7 @@ def _features(name: str, backend: EmbeddedBackend, items: list[Item]) -> np.ndar
     else:
         # The backend's own encoder and embedding cache: the texts were embedded while
         # annotating. (EmbeddedBackend has no public embedding method yet.)
-        rows = backend._embed([item.text for item in items])
+        rows = backend.embed_texts([item.text for item in items])
     return np.asarray(rows, dtype=np.float32)
 
 

@@ -376,8 +376,9 @@ class EmbeddedBackend(Backend):
                     ) from exc
             return self._encoder
 
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm embeddings, (n, d); all texts not cached are encoded in one call."""
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm MiniLM embeddings, (n, d), as the text models see them (the trainer and the
+        experiment featurize text with it); all texts not cached are encoded in one call."""
         cache = self._embeddings
         missing = list(dict.fromkeys(text for text in texts if text not in cache))
         fresh: dict[str, np.ndarray] = {}
@@ -423,7 +424,7 @@ class EmbeddedBackend(Backend):
                 for example in schema.examples
                 if not example.item.images and _item_text(example.item).strip()
             ]
-            vectors = self._embed(
+            vectors = self.embed_texts(
                 [label.description or label.name for label in schema.labels]
                 + [HYPOTHESIS_TEMPLATE.format(name=name) for name in labels]
                 + [_item_text(example.item) for example in examples]
@@ -497,7 +498,7 @@ class EmbeddedBackend(Backend):
 
     def _text_annotator(self, texts: list[str], schema: LabelSchema) -> np.ndarray:
         models = self._text_models(schema)
-        embeddings = self._embed(texts)
+        embeddings = self.embed_texts(texts)
         scores = embeddings @ models.descriptions.T
         if models.has_centroid.any():
             weight = self.settings.description_weight
@@ -507,7 +508,7 @@ class EmbeddedBackend(Backend):
 
     def _text_critic(self, texts: list[str], schema: LabelSchema) -> tuple[np.ndarray, ModelRef]:
         models = self._text_models(schema)
-        embeddings = self._embed(texts)
+        embeddings = self.embed_texts(texts)
         if models.critic is not None:
             probabilities = _class_probabilities(models.critic, embeddings, len(schema.labels))
             return probabilities, self._refs["text-critic-fitted"]

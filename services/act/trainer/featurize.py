@@ -52,7 +52,7 @@ def _minilm(items: list[Item]) -> tuple[np.ndarray, tuple[int, ...]]:
     # The embedded backend's own encoder and normalisation, so that the trainer sees the
     # embeddings the annotator saw; its cache is off, every text is encoded once here.
     backend = EmbeddedBackend(embedding_cache_size=0)
-    features = backend._embed(texts).astype(np.float32)
+    features = backend.embed_texts(texts).astype(np.float32)
     return features, (features.shape[1],)
 
 
