@@ -12,6 +12,9 @@
    act.items and the clock stops when the store holds N records. items/s from the first send
    to the last record stored; item latency = the record's `received_at` (the store's clock)
    minus the item's send time, p50 and p99.
+3. CPU per item of each process over the same span (user + system time, from /proc): what
+   each part costs regardless of what else runs on the machine, and so the rate each part
+   could sustain on a core of its own (1 / CPU per item).
 
 Prints a table, the ratio pipeline/raw, and whether the target (>= 5,000 items/s) is met.
 """
@@ -169,8 +172,9 @@ def _count(engine: Any) -> int:
 
 def pipeline(
     bootstrap: str, url: str, messages: list[Any], suffix: str, poll_records: int
-) -> tuple[float, list[float]]:
-    """items/s from act.items to stored records, and each item's latency in seconds."""
+) -> tuple[float, list[float], dict[str, float]]:
+    """items/s from act.items to stored records, each item's latency in seconds, and the CPU
+    seconds per item of the sampler, the decision consumer and this process (the producer)."""
     import sqlalchemy as sa
 
     from act.bus import default_topic_specs, ensure_topics
@@ -202,6 +206,8 @@ def pipeline(
                 raise RuntimeError("the pipeline did not start (see the children's errors)")
             time.sleep(0.1)
         sent_at: dict[str, float] = {}
+        cpu_before = [_cpu_seconds(child.pid) for child in children]  # type: ignore[arg-type]
+        own_before = time.process_time()
         started = time.perf_counter()
         futures = []
         for message in messages:
@@ -215,6 +221,13 @@ def pipeline(
                 raise RuntimeError("the pipeline stalled")
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        cpu = {
+            name: (_cpu_seconds(child.pid) - before) / len(messages)  # type: ignore[arg-type]
+            for name, child, before in zip(
+                ("sampler", "decision consumer"), children, cpu_before, strict=True
+            )
+        }
+        cpu["item producer (this process)"] = (time.process_time() - own_before) / len(messages)
         with store.engine.connect() as conn:
             rows = conn.execute(sa.select(records.c.item_id, records.c.received_at)).all()
     finally:
@@ -228,7 +241,30 @@ def pipeline(
     latencies = [
         row.received_at.timestamp() - sent_at[row.item_id] for row in rows if row.item_id in sent_at
     ]
-    return len(messages) / elapsed, latencies
+    return len(messages) / elapsed, latencies, cpu
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    """Drops a database, retrying while a session of another role (which FORCE may not end,
+    e.g. another tool's monitoring connection) is still in it."""
+    import psycopg
+
+    for attempt in range(20):
+        try:
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -260,12 +296,11 @@ def main() -> int:
         with console.status("raw kafka-python produce + consume"):
             raw = raw_kafka(bootstrap, messages, args.poll_records)
         with console.status("pipeline: act.items -> sampler -> act.decisions -> PostgreSQL"):
-            rate, latencies = pipeline(
+            rate, latencies, cpu = pipeline(
                 bootstrap, f"{base}/{name}", messages, suffix, args.poll_records
             )
     finally:
-        with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_database(database_url, name)
     table = Table(title=f"stream path, {args.items:,} items, {PARTITIONS} partitions")
     table.add_column("path")
     table.add_column("items/s", justify="right")
@@ -279,6 +314,13 @@ def main() -> int:
         f"{_percentile(latencies, 0.99) * 1000:,.0f} ms",
     )
     console.print(table)
+    parts = Table(title="CPU per item (user + system), over the same span")
+    parts.add_column("process")
+    parts.add_column("CPU per item", justify="right")
+    parts.add_column("items/s on a core of its own", justify="right")
+    for name, seconds in cpu.items():
+        parts.add_row(name, f"{seconds * 1e6:,.0f} µs", f"{1 / seconds:,.0f}")
+    console.print(parts)
     met = rate >= TARGET_ITEMS_PER_SECOND
     console.print(
         f"pipeline / raw = {rate / raw:.2f}; target >= {TARGET_ITEMS_PER_SECOND:,.0f} items/s: "

@@ -12,6 +12,9 @@
 # Environment:
 #   ACT_LOCAL_STATE              state dir (default ~/.cache/act-local); all of this script's
 #                                files are under <state>/kafka: lib/ config/ data/ logs/ kafka.pid
+#   ACT_KAFKA_STATE_DIR          this broker's own dir (default <state>/kafka): config/ data/
+#                                logs/ tools/ kafka.pid. The jars stay in <state>/kafka/lib, so a
+#                                second broker (other ports, another dir) needs no second fetch
 #   ACT_KAFKA_PORT               client listener port (default 9092), bound to 127.0.0.1 only
 #   ACT_KAFKA_CONTROLLER_PORT    KRaft controller port (default 9093), 127.0.0.1 only; both ports
 #                                may change between starts (the single voter updates its address)
@@ -24,8 +27,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CONF_SRC="$HERE/kafka"
 STATE=${ACT_LOCAL_STATE:-$HOME/.cache/act-local}
-KDIR="$STATE/kafka"
-LIB="$KDIR/lib"
+JARS_HOME="$STATE/kafka"
+LIB="$JARS_HOME/lib"
+KDIR=${ACT_KAFKA_STATE_DIR:-$STATE/kafka}
 CONFIG="$KDIR/config/server.properties"
 DATA="$KDIR/data"
 LOGS="$KDIR/logs"
@@ -67,11 +71,11 @@ cmd_fetch() {
     fi
     command -v mvn >/dev/null 2>&1 || die "mvn not found: install Maven (apt-get install maven)"
     log "fetching the Kafka broker's jars from Maven Central into $LIB"
-    mkdir -p "$KDIR"
+    mkdir -p "$JARS_HOME"
     rm -rf "$LIB.new"
     if ! mvn -q -B -f "$CONF_SRC/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$LIB.new" >"$KDIR/fetch.log" 2>&1; then
-        cat "$KDIR/fetch.log" >&2
+        -DincludeScope=runtime -DoutputDirectory="$LIB.new" >"$JARS_HOME/fetch.log" 2>&1; then
+        cat "$JARS_HOME/fetch.log" >&2
         die "mvn failed (Maven Central reachable? proxy settings in ~/.m2/settings.xml)"
     fi
     ls "$LIB.new"/kafka_2.13-*.jar >/dev/null 2>&1 || die "mvn did not bring kafka_2.13"

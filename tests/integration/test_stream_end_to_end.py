@@ -6,8 +6,9 @@ backend, stream pacer) produces decisions, the DecisionConsumer stores them in a
 - The consumer crashing between the database commit and the offset commit, then being stopped
   mid-way, then finishing: the replays are absorbed (no duplicate, nothing missing).
 - Malformed and conflicting decisions go to the dead-letter topic with their reasons.
-- Last, only with ACT_ALLOW_BROKER_RESTART=1 or under CI (the broker is shared with the other
-  tests): the broker stopped and started mid-stream leaves no item missing or duplicated.
+
+The broker stopped and restarted mid-stream is tested in test_broker_restart.py (on a broker of
+its own).
 
 Each test uses topics of its own (a random suffix) and a database of its own (dropped after).
 """

@@ -7,6 +7,8 @@
 - `act.bus.clients`: kafka-python producer and group consumer with explicit configuration,
   `publish` and `flush_and_check`.
 - `act.bus.dlq`: `DeadLetterQueue`, parking bad records on `act.dlq.v1` with a counter.
+- `act.bus.transactions`: ending a kafka-python transaction with a deadline, and giving a
+  transactional producer up cleanly (the sampler's recovery from a broker outage).
 - `act.bus.settings`: `BusSettings` (`ACT_KAFKA_BOOTSTRAP`, `ACT_TOPIC_PARTITIONS`, ...).
 
 `topics`, `codec` and `settings` need only protobuf and pydantic; `clients` and `dlq` need

@@ -180,13 +180,16 @@ def publish(
     headers: Sequence[tuple[str, bytes]] = (),
     max_payload_bytes: int | None = None,
     timestamp_ms: int | None = None,
+    partition: int | None = None,
 ) -> Any:
     """Encodes `message` (checked, with its headers) and sends it; returns the send's future.
 
     The key defaults to the message's (the item id); `source` goes in the `act-producer`
-    header (default: the producer's client id); `headers` are added after the codec's. A
-    message of the wrong type for an ACT topic raises TypeError; one that breaks the codec's
-    rules raises `MalformedMessage`. Nothing is durable until `flush_and_check` says so.
+    header (default: the producer's client id); `headers` are added after the codec's;
+    `partition` overrides the producer's partitioner (give only the partition it would pick,
+    or per-key order is lost). A message of the wrong type for an ACT topic raises TypeError;
+    one that breaks the codec's rules raises `MalformedMessage`. Nothing is durable until
+    `flush_and_check` says so.
     """
     base = base_topic(topic)
     if base is not None and not isinstance(message, codec.TOPIC_MESSAGE_TYPES[base]):
@@ -201,8 +204,9 @@ def publish(
         topic,
         value=record.value,
         key=record.key,
-        headers=[*record.headers, *headers],
+        headers=[*record.headers, *headers] if headers else record.headers,
         timestamp_ms=timestamp_ms,
+        partition=partition,
     )
 
 

@@ -218,13 +218,23 @@ def encode(
             f"{message_type_name(type(message))} serializes to {len(value)} bytes, "
             f"more than the limit of {limit} (ACT_MAX_PAYLOAD_BYTES)",
         )
+    return EncodedRecord(
+        key=key, value=value, headers=list(_encoded_headers(type(message), producer))
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_headers(
+    message_type: type[Message], producer: str | None
+) -> tuple[tuple[str, bytes], ...]:
+    """The headers `encode` writes, made once per message type and producer."""
     headers = [
         (HEADER_SCHEMA_VERSION, str(SCHEMA_VERSION).encode("ascii")),
-        (HEADER_MESSAGE_TYPE, message_type_name(type(message)).encode("ascii")),
+        (HEADER_MESSAGE_TYPE, message_type_name(message_type).encode("ascii")),
     ]
     if producer:
         headers.append((HEADER_PRODUCER, producer.encode("utf-8")))
-    return EncodedRecord(key=key, value=value, headers=headers)
+    return tuple(headers)
 
 
 def decode(

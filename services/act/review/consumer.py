@@ -16,7 +16,12 @@ seen; manual commits) in polls of up to `ACT_KAFKA_MAX_POLL_RECORDS`, and for ea
 
 A database error (PostgreSQL down, a failover) stores nothing and commits nothing: the consumer
 seeks back to the poll's first offsets and retries after a backoff, so the stream waits for the
-database rather than skipping records.
+database rather than skipping records. The broker going away (stopped, restarted) is absorbed
+the same way: no wait on it is unbounded (the offset commit has `commit_timeout_s`; the lag gauge
+uses the high watermarks of the fetches, no request), a failed offset commit only means those
+records are read again (and found unchanged), a dead letter that cannot be published makes the
+poll be retried after a backoff, and an error from the poll itself is logged and the poll
+retried; kafka-python reconnects and rejoins the group on its own once the broker is back.
 
 Label schemas: a decision carries its schema's id and version (`annotation.schema_id`), not its
 labels, so the consumer cannot register a schema from the stream. Whoever configures the
@@ -25,8 +30,9 @@ pipeline registers them (`schemas=` here, registered once at start and idempoten
 still stored, and reviews of them are refused until the schema is registered.
 
 Metrics (in the registry given): `act_review_decisions_total{outcome}` (inserted, unchanged,
-invalid, conflict, malformed), `act_review_consumer_lag{topic,partition}` (end offset minus
-committed offset, refreshed at most every `lag_interval_s`), `act_review_queue_pending` (items
+invalid, conflict, malformed), `act_review_consumer_lag{topic,partition}` (high watermark of the
+last fetch minus the offset this consumer last committed, refreshed at most every
+`lag_interval_s`), `act_review_queue_pending` (items
 waiting for review, from `ReviewStore.stats`, at most every `stats_interval_s`; that is a
 count over the records table, so it is kept infrequent), `act_review_batch_failures_total`
 (polls retried after a database error) and the dead-letter counter of `act.bus.dlq`.
@@ -42,11 +48,12 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from act.bus import DECISIONS_TOPIC, DLQ_TOPIC, BusSettings, MalformedMessage, decode
-from act.bus.clients import consumer_config, flush_and_check, make_producer
+from act.bus.clients import PublishError, consumer_config, flush_and_check, make_producer
 from act.bus.dlq import DeadLetterQueue
 from act.bus.topics import with_suffix
 from act.review.errors import DecisionConflict, InvalidDecision
@@ -101,7 +108,9 @@ class DecisionConsumer:
         lag_interval_s: float = 5.0,
         stats_interval_s: float | None = 30.0,
         retry_backoff_s: float = 1.0,
+        max_retry_backoff_s: float = 10.0,
         poll_timeout_ms: int = 500,
+        commit_timeout_s: float = 10.0,
     ) -> None:
         self.store = store
         self.bus = bus_settings or BusSettings()
@@ -114,8 +123,12 @@ class DecisionConsumer:
         self.lag_interval_s = lag_interval_s
         self.stats_interval_s = stats_interval_s
         self.retry_backoff_s = retry_backoff_s
+        self.max_retry_backoff_s = max_retry_backoff_s
         self.poll_timeout_ms = poll_timeout_ms
+        self.commit_timeout_s = commit_timeout_s
         self.stored = 0  # decisions inserted or found unchanged, by this instance
+        self._committed: dict[TopicPartition, int] = {}  # last offsets this instance committed
+        self._failures = 0  # consecutive failed polls (sets the backoff)
         self._stop = threading.Event()
         self._last_lag = 0.0
         self._last_stats = 0.0
@@ -140,7 +153,12 @@ class DecisionConsumer:
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
-                batch = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                try:
+                    batch = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                except KafkaError as error:
+                    log.warning("poll failed (%r); retrying", error)
+                    self._backoff()
+                    continue
                 if batch:
                     idle = 0.0
                     self._process(batch, consumer, producer, dead_letters)
@@ -150,8 +168,11 @@ class DecisionConsumer:
                         break
                 self._refresh_gauges(consumer)
         finally:
-            consumer.close(autocommit=False)
-            producer.close()
+            consumer.close(autocommit=False, timeout_ms=5000)
+            try:
+                producer.close(timeout=5)
+            except KafkaError as error:  # unsent dead letters: their polls were not committed
+                log.warning("dead-letter producer not closed cleanly: %s", error)
 
     # -- processing ---------------------------------------------------------------------------
 
@@ -174,10 +195,7 @@ class DecisionConsumer:
             result = self.store.upsert_decisions(decision for _, decision in decoded)
         except Exception:
             log.exception("storing %d decisions failed; retrying the poll", len(decoded))
-            self.metrics.failures.inc()
-            for partition, part in batch.items():
-                consumer.seek(partition, part[0].offset)
-            self._stop.wait(self.retry_backoff_s)
+            self._retry(batch, consumer)
             return
         # The store has committed: count what it did (a replay of this poll counts as unchanged).
         counts = {
@@ -198,28 +216,49 @@ class DecisionConsumer:
                 dead_letters.send(record, str(problem), reason=reason or "invalid_decision")
             )
         if futures:
-            flush_and_check(futures, producer=producer)
+            try:
+                flush_and_check(futures, producer=producer, timeout_s=self.commit_timeout_s)
+            except (PublishError, KafkaError) as error:
+                # Stored, not committed: the retry finds these decisions unchanged and parks the
+                # bad records again (the dead-letter topic is at least once).
+                log.warning("dead letters not published (%s); retrying the poll", error)
+                self._retry(batch, consumer)
+                return
+        self._failures = 0
         offsets = {
             partition: OffsetAndMetadata(part[-1].offset + 1, "", -1)
             for partition, part in batch.items()
         }
         self._commit(consumer, offsets)
 
+    def _retry(self, batch: dict[TopicPartition, list[Any]], consumer: KafkaConsumer) -> None:
+        """Seeks back to the poll's first offsets and backs off: the poll is read again."""
+        self.metrics.failures.inc()
+        for partition, part in batch.items():
+            consumer.seek(partition, part[0].offset)
+        self._backoff()
+
+    def _backoff(self) -> None:
+        self._failures += 1
+        delay = self.retry_backoff_s * 2 ** (self._failures - 1)
+        self._stop.wait(min(self.max_retry_backoff_s, delay))
+
     def _commit(
         self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
     ) -> None:
         """Commits the poll's offsets (after the store committed; see the module docstring).
 
-        A failed commit (the group rebalanced meanwhile, the coordinator is unreachable) is only
-        logged: these records are read again (by this consumer or the partitions' next owner)
-        and the store absorbs them.
+        A failed commit (the group rebalanced meanwhile, the coordinator is unreachable, no
+        answer in `commit_timeout_s`) is only logged: these records are read again (by this
+        consumer or the partitions' next owner) and the store absorbs them.
         """
-        from kafka.errors import KafkaError
-
         try:
-            consumer.commit(offsets)
+            consumer.commit(offsets, timeout_ms=int(self.commit_timeout_s * 1000))
         except KafkaError as error:
             log.warning("offset commit failed (%r); the records will be replayed", error)
+            return
+        for partition, offset in offsets.items():
+            self._committed[partition] = offset.offset
 
     # -- gauges -------------------------------------------------------------------------------
 
@@ -239,19 +278,23 @@ class DecisionConsumer:
                 log.warning("queue depth not updated: %s", error)
 
     def update_lag(self, consumer: KafkaConsumer) -> None:
-        partitions = sorted(consumer.assignment(), key=lambda tp: tp.partition)
-        if not partitions:
-            return
-        ends = consumer.end_offsets(partitions)
-        for partition in partitions:
-            committed = consumer.committed(partition) or 0
-            lag = max(0, ends.get(partition, 0) - committed)
+        """Sets the lag of every assigned partition whose high watermark a fetch has reported
+        (no request to the broker: this runs in the poll loop, also while the broker is away)."""
+        for partition in consumer.assignment():
+            end = consumer.highwater(partition)
+            if end is None:
+                continue
+            done = self._committed.get(partition)
+            if done is None:  # nothing committed by this instance yet: what it has read so far
+                done = consumer.position(partition, timeout_ms=0)
+            lag = max(0, end - done)
             self.metrics.lag.labels(topic=partition.topic, partition=str(partition.partition)).set(
                 lag
             )
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         for partition in partitions:
+            self._committed.pop(partition, None)
             try:
                 self.metrics.lag.remove(partition.topic, str(partition.partition))
             except KeyError:

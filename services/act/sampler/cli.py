@@ -302,6 +302,21 @@ def serve(
     topic_suffix: Annotated[str, _opt("Suffix of the topic names.", "TOPIC_SUFFIX")] = "",
     micro_batch: Annotated[int, _opt("Items per scoring call.", "MICRO_BATCH")] = 64,
     max_concurrency: Annotated[int, _opt("Scoring calls in flight.", "MAX_CONCURRENCY")] = 4,
+    transaction_items: Annotated[
+        int, _opt("Most items one Kafka transaction commits.", "TRANSACTION_ITEMS")
+    ] = 2000,
+    transaction_seconds: Annotated[
+        float,
+        _opt("Longest a transaction stays open to take more polls.", "TRANSACTION_SECONDS"),
+    ] = 0.5,
+    transaction_timeout: Annotated[
+        float,
+        _opt(
+            "Longest wait on the broker inside a transaction (commit, abort, offsets), "
+            "seconds; then the transaction is aborted or the clients rebuilt.",
+            "TRANSACTION_TIMEOUT",
+        ),
+    ] = 30.0,
     rpc_timeout: Annotated[
         float, _opt("Deadline of each gRPC call, seconds.", "RPC_TIMEOUT")
     ] = 60.0,
@@ -322,6 +337,11 @@ def serve(
     try:
         if micro_batch < 1:
             raise SettingsError(f"--micro-batch must be >= 1, got {micro_batch}")
+        if transaction_items < 1 or transaction_seconds <= 0 or transaction_timeout <= 0:
+            raise SettingsError(
+                "--transaction-items, --transaction-seconds and --transaction-timeout must be "
+                "positive"
+            )
         try:
             bus = BusSettings()
         except ValidationError as exc:
@@ -366,6 +386,9 @@ def serve(
         transactional_id=transactional_id,
         topic_suffix=topic_suffix,
         micro_batch=micro_batch,
+        transaction_items=transaction_items,
+        transaction_seconds=transaction_seconds,
+        transaction_timeout_s=transaction_timeout,
     )
     if metrics_port is not None:
         from prometheus_client import start_http_server

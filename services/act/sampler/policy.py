@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from act.core.sampling import PacerConfig, PacerState, StreamPacer, draw
@@ -135,6 +136,11 @@ class PartitionSampler:
             else None
         )
         self._pending: list[ScoredItem] = []
+        # The policy's ids, the same on every decision: computed once.
+        self._sampler_name = policy.mode if policy.mode == "stream" else policy.draw_method
+        self._transform_id = policy.transform_id
+        self._budget_id = policy.budget_id
+        self._seed_id = policy.seed_id
 
     def state(self) -> SamplerState:
         """The state to save once every decision so far is durable (pending items excluded)."""
@@ -148,19 +154,27 @@ class PartitionSampler:
         """Items received but not decided yet (batch mode waits for a full micro-batch)."""
         return len(self._pending)
 
-    def offer(self, scored: list[ScoredItem]) -> list[bus_pb2.Decision]:
-        """Decisions for whatever the new items complete, in partition order."""
+    def offer(
+        self, scored: list[ScoredItem], *, decided_time: Timestamp | None = None
+    ) -> list[bus_pb2.Decision]:
+        """Decisions for whatever the new items complete, in partition order.
+
+        `decided_time` stamps them all (default: now, read once for the call).
+        """
+        if decided_time is None:
+            decided_time = Timestamp()
+            decided_time.GetCurrentTime()
         if self._pacer is not None:
-            return [self._decide_one(entry) for entry in scored]
+            return [self._decide_one(entry, decided_time) for entry in scored]
         self._pending.extend(scored)
         decisions: list[bus_pb2.Decision] = []
         size = self.policy.batch_items
         while len(self._pending) >= size:
             batch, self._pending = self._pending[:size], self._pending[size:]
-            decisions.extend(self._decide_batch(batch))
+            decisions.extend(self._decide_batch(batch, decided_time))
         return decisions
 
-    def _decide_one(self, entry: ScoredItem) -> bus_pb2.Decision:
+    def _decide_one(self, entry: ScoredItem, decided_time: Timestamp) -> bus_pb2.Decision:
         assert self._pacer is not None
         outcome = self._pacer.decide(
             entry.item.item_id, entry.criticism.error_probability, entry.event_time
@@ -173,9 +187,12 @@ class PartitionSampler:
             capped=outcome.capped,
             audit=outcome.audit,
             window_id=f"p{self.partition}-w{outcome.window}",
+            decided_time=decided_time,
         )
 
-    def _decide_batch(self, batch: list[ScoredItem]) -> list[bus_pb2.Decision]:
+    def _decide_batch(
+        self, batch: list[ScoredItem], decided_time: Timestamp
+    ) -> list[bus_pb2.Decision]:
         policy = self.policy
         eps = np.array([entry.criticism.error_probability for entry in batch])
         pi = policy.transform.apply(eps, policy.review_fraction * len(batch))
@@ -186,7 +203,13 @@ class PartitionSampler:
         self._state.next_offset = batch[-1].offset + 1
         return [
             self._decision(
-                entry, pi=float(p), delta=bool(d), capped=False, audit=False, window_id=window_id
+                entry,
+                pi=float(p),
+                delta=bool(d),
+                capped=False,
+                audit=False,
+                window_id=window_id,
+                decided_time=decided_time,
             )
             for entry, p, d in zip(batch, pi, delta, strict=True)
         ]
@@ -200,25 +223,23 @@ class PartitionSampler:
         capped: bool,
         audit: bool,
         window_id: str,
+        decided_time: Timestamp,
     ) -> bus_pb2.Decision:
-        policy = self.policy
-        decision = bus_pb2.Decision(
+        return bus_pb2.Decision(
             item_id=entry.item.item_id,
             annotation=annotation_to_proto(entry.annotation),
             criticism=criticism_to_proto(entry.criticism),
             eps=entry.criticism.error_probability,
             pi=pi,
             delta=delta,
-            sampler=policy.mode if policy.mode == "stream" else policy.draw_method,
-            transform_id=policy.transform_id,
-            budget_id=policy.budget_id,
-            seed_id=policy.seed_id,
+            sampler=self._sampler_name,
+            transform_id=self._transform_id,
+            budget_id=self._budget_id,
+            seed_id=self._seed_id,
             capped=capped,
             audit=audit,
             window_id=window_id,
             content_ref=f"sha256:{entry.item.content_hash()}",
+            decided_time=decided_time,
+            item=item_to_proto(entry.item) if self.policy.embed_items else None,
         )
-        decision.decided_time.GetCurrentTime()
-        if policy.embed_items:
-            decision.item.CopyFrom(item_to_proto(entry.item))
-        return decision
