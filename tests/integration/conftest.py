@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import pytest
@@ -62,3 +64,31 @@ def kafka_bootstrap() -> str:
 @pytest.fixture(scope="session")
 def database_url() -> str:
     return _env("ACT_DATABASE_URL")
+
+
+@pytest.fixture
+def fresh_database(database_url: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    psycopg = _import("psycopg")
+    _import("sqlalchemy")
+    name = f"act_test_{uuid.uuid4().hex[:12]}"
+    base, _, _ = database_url.rpartition("/")
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        _drop_database(psycopg, database_url, name)
+
+
+def _drop_database(psycopg: ModuleType, admin_url: str, name: str) -> None:
+    # FORCE may not end a session of another role still connected (seen once): retry a while.
+    for attempt in range(20):
+        try:
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+            if attempt == 19:
+                raise
+            time.sleep(0.5)

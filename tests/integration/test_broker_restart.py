@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 from test_sampler_stream import clean_run_decisions, same_draw
-from test_stream_end_to_end import fresh_database  # noqa: F401 (the fixture, used below)
 
 from act.bus import BusSettings, default_topic_specs, ensure_topics
 from act.bus.clients import flush_and_check, make_producer, publish
@@ -161,11 +160,11 @@ def _wait_for(what: str, timeout_s: float, condition: Any, processes: list[Any])
 
 
 def test_broker_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing(
-    own_broker: OwnBroker, request: pytest.FixtureRequest, tmp_path: Path
+    own_broker: OwnBroker, fresh_database: str, tmp_path: Path
 ) -> None:
     from act.review import ReviewStore
 
-    database = request.getfixturevalue("fresh_database")  # a new PostgreSQL database
+    database = fresh_database
     suffix = uuid.uuid4().hex[:8]
     bootstrap = own_broker.bootstrap
     env = {

@@ -21,9 +21,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -74,21 +72,6 @@ def _api(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
-
-
-@pytest.fixture
-def fresh_database(database_url: str, require_module: Callable[[str], ModuleType]) -> Iterator[str]:
-    """The URL of a new, empty database, dropped after the test."""
-    psycopg = require_module("psycopg")
-    name = f"act_local_up_test_{uuid.uuid4().hex[:12]}"
-    base, _, _ = database_url.rpartition("/")
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_up_ingest_review_export_down_leaves_nothing_running(

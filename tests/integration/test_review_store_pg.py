@@ -79,22 +79,6 @@ def make_schema() -> object:
 
 
 @pytest.fixture
-def fresh_database(database_url: str, require_module: Callable[[str], ModuleType]) -> Iterator[str]:
-    """The URL of a new, empty database, dropped after the test."""
-    psycopg = require_module("psycopg")
-    require_module("sqlalchemy")
-    name = f"act_review_test_{uuid.uuid4().hex[:12]}"
-    base, _, _ = database_url.rpartition("/")
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -39,22 +38,6 @@ def _quiet_kafka_logs() -> None:
     import logging
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
-
-
-@pytest.fixture
-def fresh_database(database_url: str, require_module: Callable[[str], ModuleType]) -> Iterator[str]:
-    """The URL of a new, empty database, dropped after the test."""
-    psycopg = require_module("psycopg")
-    require_module("sqlalchemy")
-    name = f"act_e2e_test_{uuid.uuid4().hex[:12]}"
-    base, _, _ = database_url.rpartition("/")
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
