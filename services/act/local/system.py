@@ -331,6 +331,7 @@ def _plans(options: UpOptions, url: str, ports: dict[str, dict[str, int]]) -> li
         "--group": f"act-review{dot_suffix}",
         "--schema-id": options.schema_id,
         "--metrics-port": str(consumer_port),
+        "--metrics-host": host,
     }
     plans.append(
         _Plan(
@@ -354,6 +355,7 @@ def _plans(options: UpOptions, url: str, ports: dict[str, dict[str, int]]) -> li
         "--transactional-id": f"act-sampler-0{dot_suffix}",
         "--topic-suffix": suffix,
         "--metrics-port": str(sampler_port),
+        "--metrics-host": host,
     }
     plans.append(
         _Plan(

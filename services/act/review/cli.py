@@ -171,6 +171,9 @@ def consume(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
     ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics server binds (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
 ) -> None:
     """Store every decision of act.decisions.v1 in the review store until SIGTERM/SIGINT
     (offsets are committed after the database commit; bad records go to act.dlq.v1)."""
@@ -186,6 +189,7 @@ def consume(
             topic_suffix=topic_suffix,
             schema_ids=schema_id or [],
             metrics_port=metrics_port,
+            metrics_host=metrics_host,
             bus_settings=bus,
         )
     except (InferenceError, ReviewStoreError, ValueError) as exc:

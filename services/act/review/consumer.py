@@ -353,13 +353,15 @@ def serve_decision_consumer(
     topic_suffix: str = "",
     schema_ids: Sequence[str] = (),
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     bus_settings: BusSettings | None = None,
 ) -> int:
     """Runs a `DecisionConsumer` until SIGTERM/SIGINT; returns the exit code (for a CLI).
 
     `database_url` defaults to `ACT_DATABASE_URL` (else the embedded SQLite file);
     `schema_ids` name schemas of `SchemaRegistry.with_defaults()` (plus `ACT_SCHEMAS_DIR`) to
-    register at start; `metrics_port` serves the consumer's registry over HTTP.
+    register at start; `metrics_port` serves the consumer's registry over HTTP on
+    `metrics_host`.
     """
     import os
     import signal
@@ -378,7 +380,7 @@ def serve_decision_consumer(
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, registry=consumer.registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=consumer.registry)
     previous = {
         sig: signal.signal(sig, lambda *_: consumer.stop())
         for sig in (signal.SIGTERM, signal.SIGINT)

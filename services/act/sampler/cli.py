@@ -323,6 +323,9 @@ def serve(
     metrics_port: Annotated[
         int | None, _opt("Serve Prometheus metrics on this port.", "METRICS_PORT")
     ] = None,
+    metrics_host: Annotated[
+        str, _opt("Address the metrics server binds (0.0.0.0 in a container).", "METRICS_HOST")
+    ] = "127.0.0.1",
     log_level: Annotated[str, _opt("Log level.", "LOG_LEVEL")] = "INFO",
 ) -> None:
     """Run the sampler until SIGTERM/SIGINT."""
@@ -393,7 +396,7 @@ def serve(
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, registry=worker.registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=worker.registry)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     logging.getLogger("act.sampler").info(
