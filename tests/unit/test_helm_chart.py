@@ -511,6 +511,28 @@ def test_the_ingress_publishes_the_review_ui_and_api_but_not_the_metrics() -> No
     assert ingress["spec"]["tls"] == [{"hosts": [rule["host"]], "secretName": "review-act-tls"}]
 
 
+def test_reviewer_tokens_from_a_secret_are_synced_by_an_init_container() -> None:
+    documents = render(values_of(CHART / "ci" / "everything-enabled-values.yaml"))
+    spec = find(documents, "Deployment", "act-review-queue")["spec"]["template"]["spec"]
+    [main] = spec["containers"]
+    [init] = spec["initContainers"]
+    assert init["command"] == ["actctl", "review", "sync-reviewers", "/var/run/act/reviewers"]
+    result = CliRunner().invoke(app, [*init["command"][1:3], "--help"])
+    assert result.exit_code == 0, result.output
+    assert (init["image"], init["securityContext"]) == (main["image"], main["securityContext"])
+    [database] = [e for e in main["env"] if e["name"] == "ACT_REVIEW_DATABASE_URL"]
+    assert database in init["env"]
+    [mount] = [m for m in init["volumeMounts"] if m["mountPath"] == "/var/run/act/reviewers"]
+    assert mount["readOnly"] is True
+    assert all(m["name"] != mount["name"] for m in main["volumeMounts"])
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "act-reviewer-tokens"
+
+    without = find(render({}), "Deployment", "act-review-queue")["spec"]["template"]["spec"]
+    assert "initContainers" not in without
+    assert all("secret" not in volume for volume in without["volumes"])
+
+
 def test_only_the_sampler_may_call_the_model_services() -> None:
     documents = render({})
     sampler_labels = find(documents, "StatefulSet", "act-sampler")["spec"]["template"]["metadata"][

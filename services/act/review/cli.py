@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from act.review.errors import ReviewerExists, ReviewStoreError
-from act.review.store import ReviewStore
+from act.review.errors import InvalidArgument, ReviewerExists, ReviewStoreError
+from act.review.store import ReviewStore, check_reviewer_token
 
 # act.review.server (gRPC, uvicorn, starlette) and act.review.publisher (Kafka) are imported
 # inside the commands that use them: actctl imports this module for every command, and
@@ -127,6 +127,80 @@ def add_reviewer(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(token)
+
+
+def read_reviewer_tokens(directory: Path) -> dict[str, str]:
+    """The reviewers of a token directory, name -> token: every file is one reviewer, its name
+    the reviewer's, its content (less one trailing newline) the token. This is a Kubernetes
+    Secret mounted as a volume, whose keys are symlinks into kubelet's hidden `..data` folder:
+    names starting with "." are skipped, symlinks followed. ValueError naming every bad file."""
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory")
+    tokens: dict[str, str] = {}
+    holders: dict[str, str] = {}
+    problems: list[str] = []
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if not path.is_file():
+            problems.append(f"{path}: not a regular file")
+            continue
+        try:
+            token = path.read_text(encoding="utf-8").removesuffix("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: unreadable ({exc.__class__.__name__})")
+            continue
+        if not token:
+            problems.append(f"{path}: empty")
+            continue
+        try:
+            check_reviewer_token(path.name, token)
+        except InvalidArgument as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        if token in holders:
+            problems.append(f"{path}: the same token as {directory / holders[token]}")
+            continue
+        holders[token] = path.name
+        tokens[path.name] = token
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tokens
+
+
+@review_app.command("sync-reviewers")
+def sync_reviewers(
+    directory: Annotated[
+        Path, typer.Argument(help="Folder with one file per reviewer: name, and token as content.")
+    ],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Give the reviewers of DIR the tokens of their files (a Kubernetes Secret mounted as a
+    volume): creates missing reviewers, replaces changed tokens and reactivates them; prints
+    each name with what was done, never a token. Every file is checked first: one bad file and
+    nothing is written (exit 2). Reviewers without a file are left as they are."""
+    from act.review.server import ReviewSettings
+
+    try:
+        tokens = read_reviewer_tokens(directory)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not tokens:
+        typer.echo(f"no reviewer files in {directory}; nothing to do", err=True)
+        return
+    url = database_url or ReviewSettings().database_url
+    try:
+        with ReviewStore(url) as store:
+            for name, token in tokens.items():
+                if store.authenticate(token) == name:
+                    outcome = "unchanged"
+                else:
+                    outcome = "created" if store.set_reviewer_token(name, token) else "updated"
+                typer.echo(f"{name}: {outcome}")
+    except ReviewStoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @review_app.command("export")

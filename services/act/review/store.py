@@ -93,6 +93,8 @@ IDENTITY_FIELDS = (
 
 MAX_CLAIM_ITEMS = 1000
 TOKEN_PREFIX = "actr_"
+# Shortest token an operator may choose (set_reviewer_token); issued tokens have 48 characters.
+MIN_TOKEN_LENGTH = 24
 _CHUNK = 5000  # ids per IN (...) list: under SQLite's and PostgreSQL's parameter limits
 _INSERT_ATTEMPTS = 3
 
@@ -418,6 +420,26 @@ def _name(value: str, what: str) -> str:
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_reviewer_token(name: str, token: str) -> None:
+    """InvalidArgument unless `name` is a valid reviewer name and `token` a token an operator
+    may choose: TOKEN_PREFIX first (`authenticate` accepts no other), at least
+    MIN_TOKEN_LENGTH characters, visible ASCII only (no whitespace or control characters: it
+    travels in HTTP headers and gRPC metadata). The messages never quote the token."""
+    _name(name, "reviewer name")
+    if not isinstance(token, str):
+        raise InvalidArgument(f"the token of reviewer {name!r} must be a string")
+    if not token.startswith(TOKEN_PREFIX):
+        raise InvalidArgument(f"the token of reviewer {name!r} must start with {TOKEN_PREFIX!r}")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise InvalidArgument(
+            f"the token of reviewer {name!r} is shorter than {MIN_TOKEN_LENGTH} characters"
+        )
+    if not all("!" <= character <= "~" for character in token):
+        raise InvalidArgument(
+            f"the token of reviewer {name!r} contains whitespace, control or non-ASCII characters"
+        )
 
 
 # ----------------------------------------------------------------------------- the store
@@ -1135,6 +1157,54 @@ class ReviewStore:
         if changed != 1:
             raise UnknownReviewer(name)
         return token
+
+    def set_reviewer_token(self, name: str, token: str) -> bool:
+        """Gives reviewer `name` a token chosen outside the store (e.g. held in a Kubernetes
+        Secret); only its SHA-256 is stored. True: the reviewer was created. False: the reviewer
+        existed, holds `token` from now on (`token_rotated_at` is set when it changed; the old
+        token stops working) and is active again. Setting the token a reviewer already holds
+        changes nothing else, so syncing the same tokens twice is a no-op.
+
+        InvalidArgument for a malformed name or token (`check_reviewer_token`) or a token that
+        another reviewer holds; nothing is written then."""
+        check_reviewer_token(name, token)
+        digest = _token_hash(token)
+        for _ in range(_INSERT_ATTEMPTS):
+            try:
+                with self._engine.begin() as conn:
+                    row = conn.execute(
+                        sa.select(reviewers.c.token_hash, reviewers.c.active).where(
+                            reviewers.c.name == name
+                        )
+                    ).one_or_none()
+                    if row is None:
+                        conn.execute(
+                            reviewers.insert().values(
+                                name=name, token_hash=digest, created_at=self._now(), active=True
+                            )
+                        )
+                        return True
+                    changes: dict[str, Any] = {} if row.active else {"active": True}
+                    if row.token_hash != digest:
+                        changes.update(token_hash=digest, token_rotated_at=self._now())
+                    if changes:
+                        conn.execute(
+                            sa.update(reviewers).where(reviewers.c.name == name).values(changes)
+                        )
+                    return False
+            except sa.exc.IntegrityError:
+                # Either another reviewer holds the token, or a concurrent sync (another
+                # replica's) created `name` first: then the next attempt updates it.
+                with self._read() as conn:
+                    holder = conn.execute(
+                        sa.select(reviewers.c.name).where(reviewers.c.token_hash == digest)
+                    ).scalar_one_or_none()
+                if holder is not None and holder != name:
+                    raise InvalidArgument(
+                        f"the token chosen for reviewer {name!r} is already another reviewer's; "
+                        "give every reviewer a token of their own"
+                    ) from None
+        raise Conflict(f"reviewer {name!r} kept changing while its token was set; try again")
 
     def deactivate_reviewer(self, name: str) -> None:
         """Disables a reviewer's token (their past reviews stay attributed to them)."""
