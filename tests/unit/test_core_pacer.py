@@ -462,6 +462,43 @@ def test_a_rejected_item_does_not_change_later_decisions() -> None:
     assert _run(dirty, later) == _run(clean, later)
 
 
+@pytest.mark.parametrize(("name", "config", "items"), PACERS, ids=PACER_IDS)
+def test_deciding_polls_at_once_matches_deciding_item_by_item(name, config, items) -> None:
+    items = items[:2000]
+    pacer, reference = StreamPacer(config), StreamPacer(config)
+    polled: list[PacerDecision] = []
+    start = 0
+    for size in [0, 1, 7, 500, 333, 1] * 10:  # polls of irregular sizes, some empty
+        poll = items[start : start + size]
+        polled += pacer.decide_many(
+            [item_id for item_id, _, _ in poll], [eps for _, eps, _ in poll], [t for *_, t in poll]
+        )
+        start += size
+    assert start >= len(items)
+    assert polled == _run(reference, items)
+    assert pacer.state() == reference.state()
+
+
+def test_a_rejected_poll_leaves_the_state_as_it_was() -> None:
+    """decide_many() checks every item before it decides any: a bad item anywhere in the poll
+    leaves the pacer as if the poll had never arrived, and the error says which item."""
+    config = PacerConfig.for_capacity(10, window_seconds=3600)
+    pacer = StreamPacer(config)
+    _run(pacer, [(f"a-{i}", 0.2, 10.0 * i) for i in range(20)])
+    before = pacer.state()
+    ids = [f"b-{i}" for i in range(5)]
+    times = [300.0 + i for i in range(5)]
+    with pytest.raises(ValueError, match=r"eps contains 1 NaN .*first at index 3"):
+        pacer.decide_many(ids, [0.1, 0.2, 0.3, float("nan"), 0.5], times)
+    with pytest.raises(ValueError, match=r"item id must be a str, bytes or int"):
+        pacer.decide_many([*ids[:4], 1.5], [0.1] * 5, times)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"every item needs a timestamp"):
+        pacer.decide_many(ids, [0.1] * 5, [*times[:2], None, *times[3:]])
+    with pytest.raises(ValueError, match=r"5 item ids, 4 eps and 5 timestamps"):
+        pacer.decide_many(ids, [0.1] * 4, times)
+    assert pacer.state() == before
+
+
 def test_a_saved_state_with_other_bins_is_rejected() -> None:
     state = StreamPacer(PacerConfig(budget_per_window=10, window_items=100, bins=50)).state()
     with pytest.raises(ValueError, match=r"50 histogram bins but the configuration asks for 200"):

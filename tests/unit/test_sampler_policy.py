@@ -74,6 +74,20 @@ def test_stream_mode_restart_from_saved_state_replays_identical_decisions() -> N
     assert _key(before + after) == _key(clean)
 
 
+def test_stream_mode_decisions_do_not_depend_on_how_the_stream_is_polled() -> None:
+    scored = _scored(900)
+    whole = PartitionSampler(STREAM, partition=0)
+    clean = whole.offer(scored)
+    polled_sampler = PartitionSampler(STREAM, partition=0)
+    polled = []
+    for start, end in [(0, 1), (1, 1), (1, 250), (250, 251), (251, 900)]:
+        polled += polled_sampler.offer(scored[start:end])
+        assert polled_sampler.state().next_offset == end  # an empty poll keeps the offset
+    assert _key(polled) == _key(clean)
+    assert [d.window_id for d in polled] == [d.window_id for d in clean]
+    assert polled_sampler.state() == whole.state()
+
+
 def test_batch_mode_spends_the_exact_budget_per_micro_batch_and_waits_for_full_batches() -> None:
     sampler = PartitionSampler(BATCH, partition=0)
     decisions = sampler.offer(_scored(250))

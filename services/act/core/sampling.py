@@ -11,10 +11,11 @@ Zrnic & Candès 2024 (active inference stays unbiased when pi_t is predictable).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -47,15 +48,10 @@ def _keyed_digests(item_ids: Iterable[ItemId], seed: Seed) -> np.ndarray:
     """HMAC-SHA256(seed, item_id) for every id, as an (N, 32) uint8 array.
 
     HMAC(K, m) = H((K' xor opad) || H((K' xor ipad) || m)) (RFC 2104). The two padded-key
-    hash states are computed once and copied per item, which is about twice as fast as
-    hmac.digest on short ids; tests check equality with the standard library.
+    hash states are computed once per seed and copied per item, which is about twice as fast
+    as hmac.digest on short ids; tests check equality with the standard library.
     """
-    key = _as_bytes(seed, "seed")
-    if len(key) > _SHA256_BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_SHA256_BLOCK, b"\0")
-    inner_start = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
-    outer_start = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
+    inner_start, outer_start = _padded_key_states(_as_bytes(seed, "seed"))
 
     def digest(item_id: ItemId) -> bytes:
         inner = inner_start.copy()
@@ -66,6 +62,19 @@ def _keyed_digests(item_ids: Iterable[ItemId], seed: Seed) -> np.ndarray:
 
     joined = b"".join(map(digest, item_ids))
     return np.frombuffer(joined, dtype=np.uint8).reshape(-1, _DIGEST_SIZE)
+
+
+@functools.lru_cache(maxsize=64)
+def _padded_key_states(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after K' xor ipad and K' xor opad; cached because a pacer or a backend
+    keys every call with the same seed (the states are only ever copied, never updated)."""
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    return (
+        hashlib.sha256(bytes(byte ^ 0x36 for byte in key)),
+        hashlib.sha256(bytes(byte ^ 0x5C for byte in key)),
+    )
 
 
 def _unit_from_bytes(digests: np.ndarray, start: int) -> np.ndarray:
@@ -293,37 +302,76 @@ class StreamPacer:
     def probability(self, eps: float, timestamp: float | None = None) -> float:
         """pi for an item with this eps arriving now, without changing the state."""
         eps_value = float(as_probability_array([eps], "eps")[0])
-        view = self._window_view(self._event_time(timestamp))
+        view = self._window_view(self._event_time(self._checked_time(timestamp)))
         return self._probability(eps_value, view, self._plan(view)[0])[0]
 
     def decide(self, item_id: ItemId, eps: float, timestamp: float | None = None) -> PacerDecision:
         """Fix pi_t from the state, draw delta_t with the keyed uniform, then update the state."""
-        eps_value = float(as_probability_array([eps], "eps")[0])
-        u = float(keyed_uniform([item_id], self.config.seed)[0])
+        return self.decide_many([item_id], [eps], [timestamp])[0]
+
+    def decide_many(
+        self,
+        item_ids: Sequence[ItemId],
+        eps: Sequence[float],
+        timestamps: Sequence[float | None] | None = None,
+    ) -> list[PacerDecision]:
+        """`decide` for consecutive items, in order; the same decisions and state as one call
+        per item. The whole input is checked first, so a rejected batch leaves the state as it
+        was, and the keyed uniforms of all items are drawn at once (u_t depends on its own id
+        only)."""
+        eps_values = as_probability_array(eps, "eps", allow_empty=True).tolist()
+        times = [None] * len(eps_values) if timestamps is None else list(timestamps)
+        if not len(item_ids) == len(eps_values) == len(times):
+            raise ValueError(
+                f"{len(item_ids)} item ids, {len(eps_values)} eps and {len(times)} timestamps: "
+                "each item needs one of each"
+            )
+        checked_times = [self._checked_time(timestamp) for timestamp in times]
+        uniforms = keyed_uniform(item_ids, self.config.seed).tolist()
+        return [
+            self._decide_checked(*item)
+            for item in zip(item_ids, eps_values, checked_times, uniforms, strict=True)
+        ]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _decide_checked(
+        self, item_id: ItemId, eps: float, timestamp: float | None, u: float
+    ) -> PacerDecision:
+        """`decide` for checked input and the item's keyed uniform u."""
         view = self._window_view(self._event_time(timestamp))
         rate, arrival_rate, remaining = self._plan(view)
-        pi, threshold_part = self._probability(eps_value, view, rate)
+        pi, threshold_part = self._probability(eps, view, rate)
         capped = view.spent >= self.config.hard_cap
         delta = u < pi
-        # Everything above is pure, so a rejected item leaves the state as it was.
         if view.window != self._state.window:
             self._close_window(view)
         state = self._state
-        state.planned_rate = rate
-        state.planned_at_spent = view.spent
-        state.planned_arrival_rate = arrival_rate
-        state.planned_remaining = remaining
-        state.last_time = view.now if view.now is not None else state.last_time
+        # Assigning a pydantic field costs about a microsecond: fields that keep their value
+        # (a held plan, no review, item windows without a clock) are not assigned.
+        if state.planned_rate != rate or state.planned_at_spent != view.spent:
+            state.planned_rate = rate
+            state.planned_at_spent = view.spent
+        if state.planned_arrival_rate != arrival_rate:
+            state.planned_arrival_rate = arrival_rate
+        if state.planned_remaining != remaining:
+            state.planned_remaining = remaining
+        if view.now is not None:
+            state.last_time = view.now
         state.arrivals += 1
-        state.spent += int(delta)
         state.items_total += 1
-        state.selected_total += int(delta)
-        state.capped_total += int(capped)
+        if delta:
+            state.spent += 1
+            state.selected_total += 1
+        if capped:
+            state.capped_total += 1
         self._histogram *= self._decay
-        self._histogram[self._bin(eps_value)] += 1.0
+        self._histogram[self._bin(eps)] += 1.0
         return PacerDecision(
-            item_id=_as_bytes(item_id, "item id").decode("utf-8", errors="replace"),
-            eps=eps_value,
+            item_id=item_id
+            if type(item_id) is str  # already encoded by keyed_uniform, so valid UTF-8
+            else _as_bytes(item_id, "item id").decode("utf-8", errors="replace"),
+            eps=eps,
             pi=pi,
             delta=delta,
             capped=capped,
@@ -332,14 +380,18 @@ class StreamPacer:
             planned_rate=rate,
         )
 
-    # -- internals ---------------------------------------------------------------------------
-
-    def _event_time(self, timestamp: float | None) -> float | None:
+    def _checked_time(self, timestamp: float | None) -> float | None:
+        """The item's event time as a finite float (None for item windows)."""
         if self.config.window_seconds is None:
             return None
         if timestamp is None:
             raise ValueError("this pacer paces over time windows: every item needs a timestamp")
-        now = as_finite_float(timestamp, "timestamp")
+        return as_finite_float(timestamp, "timestamp")
+
+    def _event_time(self, now: float | None) -> float | None:
+        """The event time an item counts at, from its checked time (None: item windows)."""
+        if now is None:
+            return None
         last = self._state.last_time
         return now if last is None else max(now, last)  # late items count in the open window
 
@@ -448,8 +500,8 @@ class StreamPacer:
             return 0.0
         counts = self._histogram
         target = rate * float(counts.sum())
-        tail = np.cumsum(counts[::-1])  # tail[j]: mass of the top j + 1 bins
-        top = int(np.searchsorted(tail, target, side="left"))
+        tail = counts[::-1].cumsum()  # tail[j]: mass of the top j + 1 bins
+        top = int(tail.searchsorted(target, side="left"))
         if top >= counts.size:
             return 1.0
         boundary = counts.size - 1 - top

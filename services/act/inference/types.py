@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from typing import Self
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from act.v1 import types_pb2
@@ -191,15 +193,18 @@ class Criticism(_Record):
 
 
 def item_from_proto(message: types_pb2.Item) -> Item:
+    # Empty repeated and map fields are tested first: copying an empty one costs a microsecond.
     return Item(
         item_id=message.item_id,
         text=message.text,
         images=tuple(
             Image(data=image.data, uri=image.uri, mime_type=image.mime_type)
             for image in message.images
-        ),
+        )
+        if message.images
+        else (),
         question=message.question if message.HasField("question") else None,
-        metadata=dict(message.metadata),
+        metadata=dict(message.metadata) if message.metadata else {},
     )
 
 
@@ -246,20 +251,30 @@ def schema_to_proto(schema: LabelSchema) -> types_pb2.LabelSchema:
     return message
 
 
-def _model_to_proto(model: ModelRef) -> types_pb2.ModelRef:
-    return types_pb2.ModelRef(backend=model.backend, model=model.model, revision=model.revision)
+# The fields of a sub-message, as a dict: the protobuf constructor of the enclosing message
+# builds it in place from that, which saves building a message only to copy it.
 
 
-def _prompt_to_proto(prompt: PromptRef) -> types_pb2.PromptRef:
-    return types_pb2.PromptRef(strategy_id=prompt.strategy_id, version=prompt.version)
+def _model_fields(model: ModelRef) -> dict[str, str]:
+    return {"backend": model.backend, "model": model.model, "revision": model.revision}
 
 
-def _usage_to_proto(usage: Usage) -> types_pb2.Usage:
-    return types_pb2.Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        latency_seconds=usage.latency_seconds,
-    )
+def _prompt_fields(prompt: PromptRef) -> dict[str, str]:
+    return {"strategy_id": prompt.strategy_id, "version": prompt.version}
+
+
+def _usage_fields(usage: Usage) -> dict[str, int | float]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "latency_seconds": usage.latency_seconds,
+    }
+
+
+def _now(timestamp: Timestamp) -> None:
+    """Sets `timestamp` to now, to the microsecond as `Timestamp.GetCurrentTime` does, without
+    the datetime round trip that makes that cost three times as much."""
+    timestamp.FromMicroseconds(time.time_ns() // 1000)
 
 
 def _usage_from_proto(message: types_pb2.Usage) -> Usage:
@@ -275,17 +290,17 @@ def annotation_to_proto(annotation: Annotation) -> types_pb2.Annotation:
         item_id=annotation.item_id,
         label=annotation.label,
         rationale=annotation.rationale,
-        model=_model_to_proto(annotation.model),
-        prompt=_prompt_to_proto(annotation.prompt),
+        model=_model_fields(annotation.model),
+        prompt=_prompt_fields(annotation.prompt),
         schema_id=annotation.schema_id,
         schema_version=annotation.schema_version,
-        usage=_usage_to_proto(annotation.usage),
+        usage=_usage_fields(annotation.usage),
     )
     for label, probability in annotation.label_probabilities.items():
         message.distribution.add(label=label, probability=probability)
     if annotation.stated_confidence is not None:
         message.stated_confidence = annotation.stated_confidence
-    message.annotated_time.GetCurrentTime()
+    _now(message.annotated_time)
     return message
 
 
@@ -316,11 +331,11 @@ def criticism_to_proto(criticism: Criticism) -> types_pb2.Criticism:
         label=criticism.label,
         error_probability=criticism.error_probability,
         rationale=criticism.rationale,
-        model=_model_to_proto(criticism.model),
-        prompt=_prompt_to_proto(criticism.prompt),
-        usage=_usage_to_proto(criticism.usage),
+        model=_model_fields(criticism.model),
+        prompt=_prompt_fields(criticism.prompt),
+        usage=_usage_fields(criticism.usage),
     )
-    message.criticized_time.GetCurrentTime()
+    _now(message.criticized_time)
     return message
 
 

@@ -165,7 +165,7 @@ class PartitionSampler:
             decided_time = Timestamp()
             decided_time.GetCurrentTime()
         if self._pacer is not None:
-            return [self._decide_one(entry, decided_time) for entry in scored]
+            return self._decide_stream(scored, decided_time)
         self._pending.extend(scored)
         decisions: list[bus_pb2.Decision] = []
         size = self.policy.batch_items
@@ -174,21 +174,29 @@ class PartitionSampler:
             decisions.extend(self._decide_batch(batch, decided_time))
         return decisions
 
-    def _decide_one(self, entry: ScoredItem, decided_time: Timestamp) -> bus_pb2.Decision:
+    def _decide_stream(
+        self, scored: list[ScoredItem], decided_time: Timestamp
+    ) -> list[bus_pb2.Decision]:
         assert self._pacer is not None
-        outcome = self._pacer.decide(
-            entry.item.item_id, entry.criticism.error_probability, entry.event_time
+        outcomes = self._pacer.decide_many(
+            [entry.item.item_id for entry in scored],
+            [entry.criticism.error_probability for entry in scored],
+            [entry.event_time for entry in scored],
         )
-        self._state.next_offset = entry.offset + 1
-        return self._decision(
-            entry,
-            pi=outcome.pi,
-            delta=outcome.delta,
-            capped=outcome.capped,
-            audit=outcome.audit,
-            window_id=f"p{self.partition}-w{outcome.window}",
-            decided_time=decided_time,
-        )
+        if scored:
+            self._state.next_offset = scored[-1].offset + 1
+        return [
+            self._decision(
+                entry,
+                pi=outcome.pi,
+                delta=outcome.delta,
+                capped=outcome.capped,
+                audit=outcome.audit,
+                window_id=f"p{self.partition}-w{outcome.window}",
+                decided_time=decided_time,
+            )
+            for entry, outcome in zip(scored, outcomes, strict=True)
+        ]
 
     def _decide_batch(
         self, batch: list[ScoredItem], decided_time: Timestamp
@@ -225,6 +233,8 @@ class PartitionSampler:
         window_id: str,
         decided_time: Timestamp,
     ) -> bus_pb2.Decision:
+        item = item_to_proto(entry.item) if self.policy.embed_items else None
+        content_hash = item.content_hash if item is not None else entry.item.content_hash()
         return bus_pb2.Decision(
             item_id=entry.item.item_id,
             annotation=annotation_to_proto(entry.annotation),
@@ -239,7 +249,7 @@ class PartitionSampler:
             capped=capped,
             audit=audit,
             window_id=window_id,
-            content_ref=f"sha256:{entry.item.content_hash()}",
+            content_ref=f"sha256:{content_hash}",
             decided_time=decided_time,
-            item=item_to_proto(entry.item) if self.policy.embed_items else None,
+            item=item,
         )
