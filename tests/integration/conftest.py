@@ -8,11 +8,14 @@ runners do), where they fail: CI must run them.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -92,3 +95,23 @@ def _drop_database(psycopg: ModuleType, admin_url: str, name: str) -> None:
             if attempt == 19:
                 raise
             time.sleep(0.5)
+
+
+def _post_as_reviewer(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+PostAsReviewer = Callable[[str, str, dict[str, Any]], dict[str, Any]]
+
+
+@pytest.fixture(scope="session")
+def post_as_reviewer() -> PostAsReviewer:
+    """POSTs JSON to the review HTTP API with a reviewer's bearer token; returns the answer."""
+    return _post_as_reviewer

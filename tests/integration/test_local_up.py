@@ -19,8 +19,8 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +63,11 @@ def _left_alive(pids: list[int]) -> list[int]:
     ]
 
 
-def _api(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_up_ingest_review_export_down_leaves_nothing_running(
-    kafka_bootstrap: str, fresh_database: str, tmp_path: Path
+    kafka_bootstrap: str,
+    fresh_database: str,
+    tmp_path: Path,
+    post_as_reviewer: Callable[..., dict[str, Any]],
 ) -> None:
     import pyarrow.parquet as pq
 
@@ -137,11 +129,11 @@ def test_up_ingest_review_export_down_leaves_nothing_running(
         timings["decisions"] = time.perf_counter() - clock
 
         token, api = summary["token"], summary["review_url"] + "api"
-        claimed = _api(f"{api}/claim", token, {"max_items": 1})["items"]
+        claimed = post_as_reviewer(f"{api}/claim", token, {"max_items": 1})["items"]
         assert len(claimed) == 1
         item = claimed[0]
         label = item["schema"]["labels"][-1]["name"]
-        review = _api(
+        review = post_as_reviewer(
             f"{api}/items/{item['item_id']}/review",
             token,
             {"claim_id": item["claim_id"], "label": label},

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from act.bus import BusSettings, decode, default_topic_specs, ensure_topics
 from act.core.sampling import PacerConfig
@@ -40,19 +40,8 @@ def _selected_decision() -> bus_pb2.Decision:
     return next(d for d in decisions if d.delta)
 
 
-def _post(url: str, token: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_a_stored_review_is_published_keyed_by_item_id(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, post_as_reviewer: Callable[..., dict[str, Any]]
 ) -> None:
     from kafka import KafkaConsumer
 
@@ -68,8 +57,10 @@ def test_a_stored_review_is_published_keyed_by_item_id(
     server = ReviewServer(http_port=0, grpc_port=0, store=store, on_review=publisher)
     server.start()
     try:
-        [claimed] = _post(f"{server.http_url}/api/claim", token, {"max_items": 1})["items"]
-        _post(
+        [claimed] = post_as_reviewer(f"{server.http_url}/api/claim", token, {"max_items": 1})[
+            "items"
+        ]
+        post_as_reviewer(
             f"{server.http_url}/api/items/{claimed['item_id']}/review",
             token,
             {"claim_id": claimed["claim_id"], "label": "spam"},
