@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from act.bus import codec, topics
+from act.bus.clients import retry_delay
 from act.bus.codec import MalformedMessage, Reason
 from act.bus.settings import RECORD_OVERHEAD_BYTES, BusSettings, message_limits
 from act.v1 import bus_pb2, types_pb2
@@ -628,3 +629,7 @@ def test_dead_letter_queue_publishes_and_counts() -> None:
     # One counter per registry: a second queue on the same registry shares it.
     DeadLetterQueue(producer, "other", registry=registry).send(bad, error)
     assert count("invalid_protobuf") == 2
+
+
+def test_retry_delay_doubles_from_the_first_wait_up_to_the_cap() -> None:
+    assert [retry_delay(n, 0.5, 10.0) for n in range(1, 8)] == [0.5, 1, 2, 4, 8, 10, 10]

@@ -210,6 +210,12 @@ def publish(
     )
 
 
+def retry_delay(failures: int, first_s: float, max_s: float) -> float:
+    """Seconds to wait before the next try after `failures` consecutive failures (>= 1):
+    `first_s` doubling each time, capped at `max_s` (the sampler and the decision consumer)."""
+    return min(max_s, first_s * 2 ** (failures - 1))
+
+
 def flush_and_check(
     futures: Sequence[Any], *, producer: KafkaProducer | None = None, timeout_s: float = 60.0
 ) -> list[Any]:

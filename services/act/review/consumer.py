@@ -53,7 +53,13 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from act.bus import DECISIONS_TOPIC, DLQ_TOPIC, BusSettings, MalformedMessage, decode
-from act.bus.clients import PublishError, consumer_config, flush_and_check, make_producer
+from act.bus.clients import (
+    PublishError,
+    consumer_config,
+    flush_and_check,
+    make_producer,
+    retry_delay,
+)
 from act.bus.dlq import DeadLetterQueue
 from act.bus.topics import with_suffix
 from act.review.errors import DecisionConflict, InvalidDecision
@@ -240,8 +246,7 @@ class DecisionConsumer:
 
     def _backoff(self) -> None:
         self._failures += 1
-        delay = self.retry_backoff_s * 2 ** (self._failures - 1)
-        self._stop.wait(min(self.max_retry_backoff_s, delay))
+        self._stop.wait(retry_delay(self._failures, self.retry_backoff_s, self.max_retry_backoff_s))
 
     def _commit(
         self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]

@@ -55,7 +55,7 @@ from act.bus import (
     ensure_topics,
 )
 from act.bus import transactions as txn
-from act.bus.clients import consumer_config, make_producer, publish
+from act.bus.clients import consumer_config, make_producer, publish, retry_delay
 from act.bus.dlq import DeadLetterQueue
 from act.bus.topics import with_suffix
 from act.inference.types import Item, item_from_proto
@@ -337,8 +337,7 @@ class SamplerWorker:
             return False
 
     def _backoff(self) -> None:
-        delay = min(self.max_retry_backoff_s, self.retry_backoff_s * 2 ** (self._failures - 1))
-        self._stop.wait(delay)
+        self._stop.wait(retry_delay(self._failures, self.retry_backoff_s, self.max_retry_backoff_s))
 
     # -- processing ---------------------------------------------------------------------------
 
