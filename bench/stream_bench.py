@@ -14,7 +14,9 @@
    minus the item's send time, p50 and p99.
 3. CPU per item of each process over the same span (user + system time, from /proc): what
    each part costs regardless of what else runs on the machine, and so the rate each part
-   could sustain on a core of its own (1 / CPU per item).
+   could sustain on a core of its own (1 / CPU per item); and the busy time of the whole
+   machine (all cores, /proc/stat), whose remainder is mostly the broker and PostgreSQL.
+   Throughput on this machine is bounded by (cores / machine CPU per item).
 
 Prints a table, the ratio pipeline/raw, and whether the target (>= 5,000 items/s) is met.
 """
@@ -208,6 +210,7 @@ def pipeline(
         sent_at: dict[str, float] = {}
         cpu_before = [_cpu_seconds(child.pid) for child in children]  # type: ignore[arg-type]
         own_before = time.process_time()
+        machine_before = _machine_busy_seconds()
         started = time.perf_counter()
         futures = []
         for message in messages:
@@ -228,6 +231,9 @@ def pipeline(
             )
         }
         cpu["item producer (this process)"] = (time.process_time() - own_before) / len(messages)
+        machine = (_machine_busy_seconds() - machine_before) / len(messages)
+        cpu["broker, database and the rest of the machine"] = machine - sum(cpu.values())
+        cpu["machine, all processes"] = machine
         with store.engine.connect() as conn:
             rows = conn.execute(sa.select(records.c.item_id, records.c.received_at)).all()
     finally:
@@ -249,6 +255,14 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy (not idle or waiting for I/O) since boot."""
+    with open("/proc/stat") as stat:
+        ticks = [int(t) for t in stat.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _drop_database(admin_url: str, name: str) -> None:

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -219,10 +220,10 @@ class PacerState(BaseModel):
     capped_total: int = 0
 
 
-class PacerDecision(BaseModel):
-    """One item's outcome: pi_t was fixed before delta_t was drawn."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class PacerDecision:
+    """One item's outcome: pi_t was fixed before delta_t was drawn (a plain record: the pacer
+    makes one per item, and a validated model cost a tenth of its time)."""
 
     item_id: str
     eps: float
@@ -499,8 +500,8 @@ class StreamPacer:
         if rate <= 0.0:
             return 0.0
         counts = self._histogram
-        target = rate * float(counts.sum())
         tail = counts[::-1].cumsum()  # tail[j]: mass of the top j + 1 bins
+        target = rate * float(tail[-1])
         top = int(tail.searchsorted(target, side="left"))
         if top >= counts.size:
             return 1.0

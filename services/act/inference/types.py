@@ -7,10 +7,12 @@ the boundary) and protobuf messages on the wire (`act.v1.types_pb2`); `to_proto`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
-from typing import Self
+from collections.abc import Mapping
+from typing import Any, Self
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,6 +27,23 @@ _INVALID_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]
 
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        if update:  # cached properties derive from the fields: drop them, they are recomputed
+            for name in _cached_properties(type(self)):
+                copied.__dict__.pop(name, None)
+        return copied
+
+
+@functools.cache
+def _cached_properties(cls: type) -> tuple[str, ...]:
+    return tuple(
+        name
+        for klass in cls.__mro__
+        for name, value in vars(klass).items()
+        if isinstance(value, functools.cached_property)
+    )
 
 
 class Image(_Record):
@@ -75,6 +94,11 @@ class Item(_Record):
 
     def content_hash(self) -> str:
         """SHA-256 over the content (not the id): the key of recorded model outputs."""
+        return self._content_hash
+
+    # Cached: the annotator, the criticizer and the decision each need it (the item is frozen).
+    @functools.cached_property
+    def _content_hash(self) -> str:
         digest = hashlib.sha256()
         for part in (self.text, self.question or ""):
             digest.update(part.encode("utf-8", "surrogatepass"))
@@ -124,6 +148,11 @@ class LabelSchema(_Record):
 
     @property
     def label_names(self) -> tuple[str, ...]:
+        return self._label_names
+
+    # Cached: backends check every item's label against it (the schema is frozen).
+    @functools.cached_property
+    def _label_names(self) -> tuple[str, ...]:
         return tuple(label.name for label in self.labels)
 
     def check_label(self, label: str) -> str:
@@ -208,8 +237,14 @@ def item_from_proto(message: types_pb2.Item) -> Item:
     )
 
 
-def item_to_proto(item: Item) -> types_pb2.Item:
-    message = types_pb2.Item(item_id=item.item_id, text=item.text, metadata=item.metadata)
+def item_to_proto(item: Item, message: types_pb2.Item | None = None) -> types_pb2.Item:
+    """The item as a message; with `message` (e.g. a field of an enclosing message, empty),
+    fills that one in place instead of building one to be copied."""
+    message = types_pb2.Item() if message is None else message
+    message.item_id = item.item_id
+    message.text = item.text
+    if item.metadata:
+        message.metadata.update(item.metadata)
     for image in item.images:
         if image.data:
             message.images.add(data=image.data, mime_type=image.mime_type)
@@ -251,24 +286,25 @@ def schema_to_proto(schema: LabelSchema) -> types_pb2.LabelSchema:
     return message
 
 
-# The fields of a sub-message, as a dict: the protobuf constructor of the enclosing message
-# builds it in place from that, which saves building a message only to copy it.
+# Sub-messages are filled field by field in place: building them from keyword dicts and
+# copying them into the enclosing message cost twice as much (a decision holds six).
 
 
-def _model_fields(model: ModelRef) -> dict[str, str]:
-    return {"backend": model.backend, "model": model.model, "revision": model.revision}
+def _fill_model(message: types_pb2.ModelRef, model: ModelRef) -> None:
+    message.backend = model.backend
+    message.model = model.model
+    message.revision = model.revision
 
 
-def _prompt_fields(prompt: PromptRef) -> dict[str, str]:
-    return {"strategy_id": prompt.strategy_id, "version": prompt.version}
+def _fill_prompt(message: types_pb2.PromptRef, prompt: PromptRef) -> None:
+    message.strategy_id = prompt.strategy_id
+    message.version = prompt.version
 
 
-def _usage_fields(usage: Usage) -> dict[str, int | float]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "latency_seconds": usage.latency_seconds,
-    }
+def _fill_usage(message: types_pb2.Usage, usage: Usage) -> None:
+    message.prompt_tokens = usage.prompt_tokens
+    message.completion_tokens = usage.completion_tokens
+    message.latency_seconds = usage.latency_seconds
 
 
 def _now(timestamp: Timestamp) -> None:
@@ -285,17 +321,19 @@ def _usage_from_proto(message: types_pb2.Usage) -> Usage:
     )
 
 
-def annotation_to_proto(annotation: Annotation) -> types_pb2.Annotation:
-    message = types_pb2.Annotation(
-        item_id=annotation.item_id,
-        label=annotation.label,
-        rationale=annotation.rationale,
-        model=_model_fields(annotation.model),
-        prompt=_prompt_fields(annotation.prompt),
-        schema_id=annotation.schema_id,
-        schema_version=annotation.schema_version,
-        usage=_usage_fields(annotation.usage),
-    )
+def annotation_to_proto(
+    annotation: Annotation, message: types_pb2.Annotation | None = None
+) -> types_pb2.Annotation:
+    """The annotation as a message (stamped now); `message`: fill that one, as `item_to_proto`."""
+    message = types_pb2.Annotation() if message is None else message
+    message.item_id = annotation.item_id
+    message.label = annotation.label
+    message.rationale = annotation.rationale
+    _fill_model(message.model, annotation.model)
+    _fill_prompt(message.prompt, annotation.prompt)
+    message.schema_id = annotation.schema_id
+    message.schema_version = annotation.schema_version
+    _fill_usage(message.usage, annotation.usage)
     for label, probability in annotation.label_probabilities.items():
         message.distribution.add(label=label, probability=probability)
     if annotation.stated_confidence is not None:
@@ -325,16 +363,18 @@ def annotation_from_proto(message: types_pb2.Annotation) -> Annotation:
     )
 
 
-def criticism_to_proto(criticism: Criticism) -> types_pb2.Criticism:
-    message = types_pb2.Criticism(
-        item_id=criticism.item_id,
-        label=criticism.label,
-        error_probability=criticism.error_probability,
-        rationale=criticism.rationale,
-        model=_model_fields(criticism.model),
-        prompt=_prompt_fields(criticism.prompt),
-        usage=_usage_fields(criticism.usage),
-    )
+def criticism_to_proto(
+    criticism: Criticism, message: types_pb2.Criticism | None = None
+) -> types_pb2.Criticism:
+    """The criticism as a message (stamped now); `message`: fill that one, as `item_to_proto`."""
+    message = types_pb2.Criticism() if message is None else message
+    message.item_id = criticism.item_id
+    message.label = criticism.label
+    message.error_probability = criticism.error_probability
+    message.rationale = criticism.rationale
+    _fill_model(message.model, criticism.model)
+    _fill_prompt(message.prompt, criticism.prompt)
+    _fill_usage(message.usage, criticism.usage)
     _now(message.criticized_time)
     return message
 

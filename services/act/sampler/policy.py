@@ -233,12 +233,9 @@ class PartitionSampler:
         window_id: str,
         decided_time: Timestamp,
     ) -> bus_pb2.Decision:
-        item = item_to_proto(entry.item) if self.policy.embed_items else None
-        content_hash = item.content_hash if item is not None else entry.item.content_hash()
-        return bus_pb2.Decision(
+        # Built in place: the sub-messages are filled inside the decision, not copied into it.
+        decision = bus_pb2.Decision(
             item_id=entry.item.item_id,
-            annotation=annotation_to_proto(entry.annotation),
-            criticism=criticism_to_proto(entry.criticism),
             eps=entry.criticism.error_probability,
             pi=pi,
             delta=delta,
@@ -249,7 +246,11 @@ class PartitionSampler:
             capped=capped,
             audit=audit,
             window_id=window_id,
-            content_ref=f"sha256:{content_hash}",
-            decided_time=decided_time,
-            item=item,
+            content_ref=f"sha256:{entry.item.content_hash()}",
         )
+        annotation_to_proto(entry.annotation, decision.annotation)
+        criticism_to_proto(entry.criticism, decision.criticism)
+        decision.decided_time.CopyFrom(decided_time)
+        if self.policy.embed_items:
+            item_to_proto(entry.item, decision.item)
+        return decision
