@@ -62,6 +62,7 @@ def run_sampler(bootstrap: str, suffix: str, poll_records: int, stop: Any) -> No
     _quiet()
     import threading
 
+    from act.bus.runtime import prepare_stream_process
     from act.core.sampling import PacerConfig
     from act.data import text_schema
     from act.inference.instant import InstantBackend
@@ -85,6 +86,7 @@ def run_sampler(bootstrap: str, suffix: str, poll_records: int, stop: Any) -> No
         micro_batch=256,
     )
     threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
+    prepare_stream_process()  # as `actctl serve sampler` does
     worker.run()
 
 
@@ -93,6 +95,7 @@ def run_consumer(bootstrap: str, suffix: str, poll_records: int, url: str, stop:
     _quiet()
     import threading
 
+    from act.bus.runtime import prepare_stream_process
     from act.data import text_schema
     from act.review import ReviewStore
     from act.review.consumer import DecisionConsumer
@@ -107,6 +110,7 @@ def run_consumer(bootstrap: str, suffix: str, poll_records: int, url: str, stop:
         stats_interval_s=None,
     )
     threading.Thread(target=lambda: (stop.wait(), consumer.stop()), daemon=True).start()
+    prepare_stream_process()  # as `actctl serve review-consumer` does
     try:
         consumer.run()
     finally:

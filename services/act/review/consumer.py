@@ -61,6 +61,7 @@ from act.bus.clients import (
     retry_delay,
 )
 from act.bus.dlq import DeadLetterQueue
+from act.bus.runtime import prepare_stream_process
 from act.bus.topics import with_suffix
 from act.review.errors import DecisionConflict, InvalidDecision
 from act.review.store import ReviewStore, UpsertResult
@@ -390,6 +391,7 @@ def serve_decision_consumer(
         sig: signal.signal(sig, lambda *_: consumer.stop())
         for sig in (signal.SIGTERM, signal.SIGINT)
     }
+    prepare_stream_process()
     try:
         consumer.run()
     finally:

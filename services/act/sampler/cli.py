@@ -332,6 +332,7 @@ def serve(
     from pydantic import ValidationError
 
     from act.bus import BusSettings
+    from act.bus.runtime import prepare_stream_process
     from act.sampler.service import SamplerWorker
 
     logging.basicConfig(
@@ -406,4 +407,5 @@ def serve(
         group,
         transactional_id,
     )
+    prepare_stream_process()
     worker.run()
