@@ -20,11 +20,13 @@ Semantics:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 import math
 import operator
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -229,7 +231,9 @@ class QueueStats:
 def _timestamp(ts: Timestamp) -> datetime | None:
     if ts.seconds == 0 and ts.nanos == 0:
         return None
-    return ts.ToDatetime(tzinfo=UTC)
+    # The naive UTC datetime, marked UTC: the same instant as ToDatetime(tzinfo=UTC), whose
+    # time-zone conversion costs twice the rest.
+    return ts.ToDatetime().replace(tzinfo=UTC)
 
 
 def _to_timestamp(value: datetime) -> Timestamp:
@@ -244,9 +248,11 @@ def _probability(item_id: str, name: str, value: float) -> float:
     return float(value)
 
 
+_identity = operator.itemgetter(*IDENTITY_FIELDS)
+
+
 def _fingerprint(row: dict[str, Any]) -> str:
-    identity = tuple(row[name] for name in IDENTITY_FIELDS)
-    return hashlib.sha256(repr(identity).encode()).hexdigest()
+    return hashlib.sha256(repr(_identity(row)).encode()).hexdigest()
 
 
 def decision_row(decision: bus_pb2.Decision, received_at: datetime) -> dict[str, Any]:
@@ -345,12 +351,13 @@ def decision_row(decision: bus_pb2.Decision, received_at: datetime) -> dict[str,
         value = row.get(name)
         if value is not None and len(value) > limit:
             raise InvalidDecision(item_id, f"{name} is longer than {limit} characters")
-    for name, value in row.items():
-        if isinstance(value, str) and "\x00" in value:
-            raise InvalidDecision(item_id, f"{name} contains a NUL character")
-    for score in distribution:
-        if "\x00" in score["label"]:
-            raise InvalidDecision(item_id, "a distribution label contains a NUL character")
+    strings = [value for value in row.values() if type(value) is str]
+    strings.extend(score["label"] for score in distribution)
+    if "\x00" in "".join(strings):  # one scan; the loop below only names the culprit
+        for name, value in row.items():
+            if isinstance(value, str) and "\x00" in value:
+                raise InvalidDecision(item_id, f"{name} contains a NUL character")
+        raise InvalidDecision(item_id, "a distribution label contains a NUL character")
     row["fingerprint"] = _fingerprint(row)
     return row
 
@@ -376,16 +383,18 @@ def _chunks(values: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]
 
 
 def _copy_records(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Inserts `rows` (from `decision_row`) with PostgreSQL's COPY, in the connection's open
-    transaction: one statement for the batch instead of one per row (measured in
-    bench/stream_bench.py). A row whose item was inserted meanwhile by another writer fails the
-    whole COPY with a unique violation, as the INSERT did, and the caller retries the batch."""
+    """Inserts `rows` (from `decision_row`) with PostgreSQL's binary COPY, in the connection's
+    open transaction: one statement for the batch instead of one per row, and values in their
+    binary form (no text formatting and parsing, no hex for the protobuf bytes): measured in
+    bench/stream_bench.py, and about 10 µs less CPU per row than text COPY (client and server
+    together). A row whose item was inserted meanwhile by another writer fails the whole COPY
+    with a unique violation, as the INSERT did, and the caller retries the batch."""
     import psycopg
     from psycopg import sql
     from psycopg.types.json import Jsonb
 
-    columns = list(rows[0])
-    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+    columns = tuple(rows[0])
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         sql.Identifier(records.name), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
     values_of = operator.itemgetter(*columns)
@@ -393,6 +402,7 @@ def _copy_records(conn: Connection, rows: list[dict[str, Any]]) -> None:
     driver = conn.connection.driver_connection
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(_postgres_types(columns))
             for row in rows:
                 values = list(values_of(row))
                 values[position] = Jsonb(values[position])
@@ -401,6 +411,17 @@ def _copy_records(conn: Connection, rows: list[dict[str, Any]]) -> None:
         raise sa.exc.DBAPIError.instance(
             statement.as_string(driver), None, exc, psycopg.Error
         ) from exc
+
+
+@functools.cache
+def _postgres_types(columns: tuple[str, ...]) -> list[str]:
+    """PostgreSQL type names of these `records` columns, as binary COPY needs them
+    ("varchar", "jsonb", "timestamp with time zone", ...)."""
+    dialect = postgresql.dialect()
+    return [
+        re.sub(r"\(.*\)", "", records.c[name].type.compile(dialect=dialect)).lower()
+        for name in columns
+    ]
 
 
 def _decision(decision_pb: bytes, item_pb: bytes | None) -> bus_pb2.Decision:
