@@ -525,6 +525,38 @@ def test_consumer_config_is_explicit_with_manual_commits() -> None:
         clients.consumer_config("", settings)
 
 
+def test_fetch_size_and_wait_come_from_the_settings() -> None:
+    from act.bus import clients
+
+    default = clients.consumer_config("g", BusSettings())
+    assert (default["fetch_min_bytes"], default["fetch_max_wait_ms"]) == (1, 500)
+    tuned = BusSettings(kafka_fetch_min_bytes=65536, kafka_fetch_max_wait_ms=50)
+    config = clients.consumer_config("g", tuned)
+    assert (config["fetch_min_bytes"], config["fetch_max_wait_ms"]) == (65536, 50)
+    # kafka-python refuses a fetch wait at or above the request timeout: said at settings time.
+    with pytest.raises(ValueError, match="ACT_KAFKA_FETCH_MAX_WAIT_MS"):
+        BusSettings(
+            kafka_max_poll_interval_ms=1_000,
+            kafka_session_timeout_ms=3_000,
+            kafka_heartbeat_interval_ms=1_000,
+            kafka_fetch_max_wait_ms=9_000,
+        )
+
+
+def test_stream_processes_freeze_start_up_objects_and_collect_young_ones_less_often() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import gc; from act.bus.runtime import prepare_stream_process, GC_YOUNG_THRESHOLD; "
+        "prepare_stream_process(); "
+        "assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_threshold(); "
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count(); print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 # --- publish, flush_and_check, DeadLetterQueue on fakes ---------------------------------------
 
 

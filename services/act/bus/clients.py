@@ -109,8 +109,7 @@ def consumer_config(
         raise ValueError("a consumer group id is required (offsets are committed per group)")
     settings = settings if settings is not None else BusSettings()
     limits = settings.limits
-    request_timeout_ms = max(settings.kafka_max_poll_interval_ms, settings.kafka_session_timeout_ms)
-    request_timeout_ms += 5_000
+    request_timeout_ms = settings.consumer_request_timeout_ms
     config: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "client_id": f"{settings.kafka_client_id}-consumer",
@@ -124,13 +123,11 @@ def consumer_config(
         "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
-        # Above the poll interval: the broker may hold a JoinGroup request that long (the
-        # rebalance timeout) and kafka-python sends it with the plain request timeout.
         "request_timeout_ms": request_timeout_ms,
         # kafka-python requires fetch_max_wait_ms < request_timeout_ms < this.
         "connections_max_idle_ms": max(540_000, request_timeout_ms + 60_000),
-        "fetch_min_bytes": 1,
-        "fetch_max_wait_ms": 500,
+        "fetch_min_bytes": settings.kafka_fetch_min_bytes,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         "max_partition_fetch_bytes": limits.record,
         "fetch_max_bytes": limits.fetch,
         "receive_message_max_bytes": limits.frame,

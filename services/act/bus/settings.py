@@ -12,6 +12,10 @@
 - `ACT_KAFKA_COMPRESSION` (`none`): producer compression, `none` or `gzip` (the codecs that
   need no extra package; `lz4`, `snappy`, `zstd` are accepted when their package is installed).
 - `ACT_KAFKA_LINGER_MS` (5): how long the producer waits to fill a batch.
+- `ACT_KAFKA_FETCH_MIN_BYTES` (1), `ACT_KAFKA_FETCH_MAX_WAIT_MS` (500): a consumer's fetch
+  returns once it has this many bytes or has waited this long. Raising the minimum makes
+  fewer, larger fetches under load (less CPU per record in the client and the broker) at the
+  cost of up to the wait in latency when the stream is slow.
 - `ACT_KAFKA_MAX_POLL_RECORDS` (100): most records one `poll` returns; small because every
   item costs model calls before the next poll.
 - `ACT_KAFKA_MAX_POLL_INTERVAL_MS` (300000): longest gap between polls before the consumer is
@@ -81,6 +85,8 @@ class BusSettings(BaseSettings):
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=1024, le=64 * 1024**2)
     kafka_compression: Compression = "none"
     kafka_linger_ms: int = Field(default=5, ge=0, le=60_000)
+    kafka_fetch_min_bytes: int = Field(default=1, ge=1, le=64 * 1024**2)
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=0, le=30_000)
     kafka_max_poll_records: int = Field(default=100, ge=1, le=100_000)
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
     kafka_session_timeout_ms: int = Field(default=30_000, ge=1_000)
@@ -95,6 +101,22 @@ class BusSettings(BaseSettings):
                 f"{self.kafka_session_timeout_ms})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _fetch_wait_below_request_timeout(self) -> BusSettings:
+        if self.kafka_fetch_max_wait_ms >= self.consumer_request_timeout_ms:
+            raise ValueError(
+                f"ACT_KAFKA_FETCH_MAX_WAIT_MS ({self.kafka_fetch_max_wait_ms}) must be below the "
+                f"consumers' request timeout ({self.consumer_request_timeout_ms} ms: the longer "
+                "of the poll interval and the session timeout, plus 5 s)"
+            )
+        return self
+
+    @property
+    def consumer_request_timeout_ms(self) -> int:
+        """Above the poll interval: the broker may hold a JoinGroup request that long (the
+        rebalance timeout) and kafka-python sends it with the plain request timeout."""
+        return max(self.kafka_max_poll_interval_ms, self.kafka_session_timeout_ms) + 5_000
 
     @property
     def limits(self) -> MessageLimits:

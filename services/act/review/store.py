@@ -262,12 +262,16 @@ def decision_row(decision: bus_pb2.Decision, received_at: datetime) -> dict[str,
         raise InvalidDecision("", "item_id is empty")
     if not decision.HasField("annotation") or not decision.annotation.label:
         raise InvalidDecision(item_id, "it has no annotation label (y_m)")
+    # Sub-messages are read once: each attribute access builds a new wrapper.
     annotation = decision.annotation
     criticism = decision.criticism
+    item = decision.item
+    annotator, annotator_prompt = annotation.model, annotation.prompt
+    criticizer, criticizer_prompt = criticism.model, criticism.prompt
     for source, other in (
         ("annotation", annotation.item_id),
         ("criticism", criticism.item_id),
-        ("item", decision.item.item_id),
+        ("item", item.item_id),
     ):
         if other and other != item_id:
             raise InvalidDecision(item_id, f"its {source} is for item {other!r}")
@@ -283,16 +287,12 @@ def decision_row(decision: bus_pb2.Decision, received_at: datetime) -> dict[str,
         raise InvalidDecision(item_id, "delta = 1 with pi = 0 (the estimator divides by pi)")
     if decision.capped and (pi != 0.0 or decision.delta):
         raise InvalidDecision(item_id, f"capped with pi = {pi!r}, delta = {decision.delta}")
-    schema_id = annotation.schema_id or decision.item.schema_id
-    if (
-        annotation.schema_id
-        and decision.item.schema_id
-        and (annotation.schema_id != decision.item.schema_id)
-    ):
+    schema_id = annotation.schema_id or item.schema_id
+    if annotation.schema_id and item.schema_id and (annotation.schema_id != item.schema_id):
         raise InvalidDecision(
             item_id,
             f"annotation schema {annotation.schema_id!r} differs from the item's "
-            f"{decision.item.schema_id!r}",
+            f"{item.schema_id!r}",
         )
     distribution = [
         {
@@ -303,7 +303,7 @@ def decision_row(decision: bus_pb2.Decision, received_at: datetime) -> dict[str,
     ]
 
     if decision.HasField("item"):
-        item_pb: bytes | None = decision.item.SerializeToString(deterministic=True)
+        item_pb: bytes | None = item.SerializeToString(deterministic=True)
         stripped = bus_pb2.Decision()
         stripped.CopyFrom(decision)
         stripped.ClearField("item")
@@ -317,7 +317,7 @@ def decision_row(decision: bus_pb2.Decision, received_at: datetime) -> dict[str,
         "schema_id": schema_id,
         "schema_version": int(annotation.schema_version),
         "content_ref": decision.content_ref,
-        "content_hash": decision.item.content_hash,
+        "content_hash": item.content_hash,
         "item_pb": item_pb,
         "decision_pb": decision_pb,
         "machine_label": annotation.label,
@@ -332,16 +332,16 @@ def decision_row(decision: bus_pb2.Decision, received_at: datetime) -> dict[str,
         "budget_id": decision.budget_id,
         "seed_id": decision.seed_id,
         "window_id": decision.window_id,
-        "annotator_backend": annotation.model.backend,
-        "annotator_model": annotation.model.model,
-        "annotator_model_revision": annotation.model.revision,
-        "annotator_prompt": annotation.prompt.strategy_id,
-        "annotator_prompt_version": annotation.prompt.version,
-        "criticizer_backend": criticism.model.backend,
-        "criticizer_model": criticism.model.model,
-        "criticizer_model_revision": criticism.model.revision,
-        "criticizer_prompt": criticism.prompt.strategy_id,
-        "criticizer_prompt_version": criticism.prompt.version,
+        "annotator_backend": annotator.backend,
+        "annotator_model": annotator.model,
+        "annotator_model_revision": annotator.revision,
+        "annotator_prompt": annotator_prompt.strategy_id,
+        "annotator_prompt_version": annotator_prompt.version,
+        "criticizer_backend": criticizer.backend,
+        "criticizer_model": criticizer.model,
+        "criticizer_model_revision": criticizer.revision,
+        "criticizer_prompt": criticizer_prompt.strategy_id,
+        "criticizer_prompt_version": criticizer_prompt.version,
         "decided_at": _timestamp(decision.decided_time) or received_at,
         "received_at": received_at,
         "state": "pending" if decision.delta else "not_selected",
