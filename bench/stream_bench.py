@@ -14,15 +14,18 @@ item ids:
 2. pipeline: N items are produced to act.items and the clock stops when the store holds all of
    them. items/s from the first send to the last record stored; item latency = the record's
    `received_at` (the store's clock) minus the item's send time, p50 and p99 over all rounds.
-3. CPU per item of each process over the same span (user + system time, from /proc): what
-   each part costs, and so the rate each part could sustain on a core of its own
-   (1 / CPU per item); and the busy time of the whole machine (all cores, /proc/stat), whose
+   The item producer runs on the same two cores as everything else here; in production it
+   runs elsewhere. So also:
+3. backlog: N items are produced to fresh topics first, then a new sampler and consumer start
+   on them; items/s and CPU per item from the first stored batch to the last.
+4. CPU per item of each process over the same spans (user + system time, from /proc): what
+   each part costs; and the busy time of the whole machine (all cores, /proc/stat), whose
    remainder is mostly the broker and PostgreSQL. Throughput on this machine is bounded by
    cores / machine CPU per item.
 
 This machine's speed drifts by up to 2x over minutes (the same code's raw rate was seen from
-11,000 to 22,000 items/s), so raw and pipeline alternate round by round and the report gives
-each round's ratio and the medians, with whether the median meets the target (>= 5,000
+11,000 to 22,000 items/s), so the three alternate round by round and the report gives each
+round's ratio to raw and the medians, with whether the median meets the target (>= 5,000
 items/s).
 """
 
@@ -35,6 +38,7 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -195,6 +199,9 @@ class Pipeline:
         bus = _bus(bootstrap, poll_records)
         ensure_topics(bootstrap, default_topic_specs(bus, suffix=suffix))
         ReviewStore(url).close()  # migrate before the consumer starts
+        self.store = ReviewStore(url, migrate=False, pool_size=1)
+        # Records the store should hold: those of earlier pipelines on the same database, so far.
+        self.stored = _count(self.store.engine)
         context = multiprocessing.get_context("spawn")
         self.stop = context.Event()
         self.children = [
@@ -206,8 +213,6 @@ class Pipeline:
         for child in self.children:
             child.start()
         self.producer = make_producer(bootstrap, settings=bus)
-        self.store = ReviewStore(url, migrate=False, pool_size=1)
-        self.stored = 0
 
     def warm_up(self) -> None:
         """One item through the whole path (groups joined, transactions initialised)."""
@@ -226,6 +231,7 @@ class Pipeline:
         from act.bus.clients import flush_and_check, publish
         from act.review.tables import records
 
+        self.stored = _count(self.store.engine)  # other pipelines may have stored meanwhile
         sent_at: dict[str, float] = {}
         cpu_before = [_cpu_seconds(child.pid) for child in self.children]  # type: ignore[arg-type]
         own_before = time.process_time()
@@ -239,8 +245,7 @@ class Pipeline:
         self.stored += len(messages)
         deadline = time.monotonic() + timeout_s
         while _count(self.store.engine) < self.stored:
-            if time.monotonic() > deadline or not all(c.is_alive() for c in self.children):
-                raise RuntimeError("the pipeline stalled (see the children's errors)")
+            self._check(deadline)
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         cpu = {
@@ -262,6 +267,37 @@ class Pipeline:
             ).all()
         latencies = [row.received_at.timestamp() - sent_at[row.item_id] for row in rows]
         return len(messages) / elapsed, latencies, cpu
+
+    def drain(self, count: int, timeout_s: float = 600) -> tuple[float, dict[str, float]]:
+        """For items produced before the pipeline started: items/s and CPU per item from the
+        first stored batch to the last (the start-up, the group join and the first batch are
+        left out: the rate counts the items stored after that batch)."""
+        deadline = time.monotonic() + timeout_s
+        target = self.stored + count
+        while (first := _count(self.store.engine)) <= self.stored:
+            self._check(deadline)
+            time.sleep(0.01)
+        cpu_before = [_cpu_seconds(child.pid) for child in self.children]  # type: ignore[arg-type]
+        machine_before = _machine_busy_seconds()
+        started = time.perf_counter()
+        while _count(self.store.engine) < target:
+            self._check(deadline)
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        self.stored = target
+        drained = target - first
+        cpu = {
+            name: (_cpu_seconds(child.pid) - before) / drained  # type: ignore[arg-type]
+            for name, child, before in zip(
+                ("sampler", "decision consumer"), self.children, cpu_before, strict=True
+            )
+        }
+        cpu["machine, all processes"] = (_machine_busy_seconds() - machine_before) / drained
+        return drained / elapsed, cpu
+
+    def _check(self, deadline: float) -> None:
+        if time.monotonic() > deadline or not all(c.is_alive() for c in self.children):
+            raise RuntimeError("the pipeline stalled (see the children's errors)")
 
     def close(self) -> None:
         self.stop.set()
@@ -309,6 +345,18 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@dataclass
+class Rounds:
+    """What each round measured (see the module docstring)."""
+
+    raw: list[float] = field(default_factory=list)
+    ingest: list[float] = field(default_factory=list)
+    backlog: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    ingest_cpu: list[dict[str, float]] = field(default_factory=list)
+    backlog_cpu: list[dict[str, float]] = field(default_factory=list)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=20_000, help="items per round")
@@ -329,47 +377,70 @@ def main() -> int:
     suffix = uuid.uuid4().hex[:8]
     name = f"act_bench_{suffix}"
     base, _, _ = database_url.rpartition("/")
+    url = f"{base}/{name}"
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     console = Console()
-    raw_rates: list[float] = []
-    rates: list[float] = []
-    latencies: list[float] = []
-    cpu_rounds: list[dict[str, float]] = []
+    measured = Rounds()
     pipeline = None
     try:
         with console.status("starting the sampler and the decision consumer"):
-            pipeline = Pipeline(bootstrap, f"{base}/{name}", suffix, args.poll_records)
+            pipeline = Pipeline(bootstrap, url, suffix, args.poll_records)
             pipeline.warm_up()
-        for round_number in range(args.rounds):
-            messages = _items(args.items, f"{suffix}-r{round_number}", f"r{round_number}-")
-            with console.status(f"round {round_number + 1}: raw kafka-python produce + consume"):
-                raw_rates.append(raw_kafka(bootstrap, messages, args.poll_records))
-            with console.status(f"round {round_number + 1}: items -> sampler -> store"):
-                rate, round_latencies, cpu = pipeline.run(messages)
-            rates.append(rate)
-            latencies.extend(round_latencies)
-            cpu_rounds.append(cpu)
+        for number in range(1, args.rounds + 1):
+            messages = _items(args.items, f"{suffix}-r{number}", f"r{number}-")
+            with console.status(f"round {number}: raw kafka-python produce + consume"):
+                measured.raw.append(raw_kafka(bootstrap, messages, args.poll_records))
+            with console.status(f"round {number}: items produced -> sampler -> store"):
+                rate, latencies, cpu = pipeline.run(messages)
+            measured.ingest.append(rate)
+            measured.latencies.extend(latencies)
+            measured.ingest_cpu.append(cpu)
+            with console.status(f"round {number}: a backlog of {args.items:,} items drained"):
+                rate, cpu = backlog(bootstrap, url, args, f"b{number}-")
+            measured.backlog.append(rate)
+            measured.backlog_cpu.append(cpu)
             console.print(
-                f"round {round_number + 1}: raw {raw_rates[-1]:,.0f} items/s, pipeline "
-                f"{rate:,.0f} items/s, ratio {rate / raw_rates[-1]:.2f}"
+                f"round {number}: raw {measured.raw[-1]:,.0f} items/s; pipeline with the "
+                f"ingest {measured.ingest[-1]:,.0f} items/s, backlog {rate:,.0f} items/s"
             )
     finally:
         if pipeline is not None:
             pipeline.close()
         _drop_database(database_url, name)
-    _report(console, args, raw_rates, rates, latencies, cpu_rounds)
+    _report(console, args, measured)
     return 0
 
 
-def _report(
-    console: Console,
-    args: argparse.Namespace,
-    raw_rates: list[float],
-    rates: list[float],
-    latencies: list[float],
-    cpu_rounds: list[dict[str, float]],
-) -> None:
+def backlog(
+    bootstrap: str, url: str, args: argparse.Namespace, prefix: str
+) -> tuple[float, dict[str, float]]:
+    """items/s and CPU per item of a pipeline started on topics that already hold
+    `args.items` items (`Pipeline.drain`)."""
+    from act.bus import default_topic_specs, ensure_topics
+    from act.bus.clients import flush_and_check, make_producer, publish
+
+    suffix = uuid.uuid4().hex[:8]
+    bus = _bus(bootstrap, args.poll_records)
+    ensure_topics(bootstrap, default_topic_specs(bus, suffix=suffix))
+    producer = make_producer(bootstrap, settings=bus)
+    try:
+        futures = [
+            publish(producer, f"act.items.v1.{suffix}", message)
+            for message in _items(args.items, f"{suffix}-backlog", prefix)
+        ]
+        flush_and_check(futures, producer=producer, timeout_s=300)
+    finally:
+        producer.close()
+    pipeline = Pipeline(bootstrap, url, suffix, args.poll_records)
+    try:
+        return pipeline.drain(args.items)
+    finally:
+        pipeline.close()
+
+
+def _report(console: Console, args: argparse.Namespace, measured: Rounds) -> None:
+    median = statistics.median
     table = Table(
         title=f"stream path, {args.rounds} rounds of {args.items:,} items, {PARTITIONS} "
         "partitions (median over rounds)"
@@ -378,35 +449,41 @@ def _report(
     table.add_column("items/s", justify="right")
     table.add_column("p50 latency", justify="right")
     table.add_column("p99 latency", justify="right")
+    table.add_row("raw kafka-python produce + consume", f"{median(measured.raw):,.0f}", "", "")
     table.add_row(
-        "raw kafka-python produce + consume", f"{statistics.median(raw_rates):,.0f}", "", ""
+        "items -> sampler -> store, items produced meanwhile",
+        f"{median(measured.ingest):,.0f}",
+        f"{_percentile(measured.latencies, 0.5) * 1000:,.0f} ms",
+        f"{_percentile(measured.latencies, 0.99) * 1000:,.0f} ms",
     )
     table.add_row(
-        "items -> sampler -> decisions -> store",
-        f"{statistics.median(rates):,.0f}",
-        f"{_percentile(latencies, 0.5) * 1000:,.0f} ms",
-        f"{_percentile(latencies, 0.99) * 1000:,.0f} ms",
+        "items -> sampler -> store, a backlog", f"{median(measured.backlog):,.0f}", "", ""
     )
     console.print(table)
     parts = Table(title="CPU per item (user + system), median over rounds")
     parts.add_column("process")
-    parts.add_column("CPU per item", justify="right")
-    parts.add_column("items/s on a core of its own", justify="right")
-    for part in cpu_rounds[0]:
-        seconds = statistics.median(cpu[part] for cpu in cpu_rounds)
+    parts.add_column("items produced meanwhile", justify="right")
+    parts.add_column("a backlog", justify="right")
+    for part in measured.ingest_cpu[0]:
+        during = median(cpu[part] for cpu in measured.ingest_cpu)
+        drained = [cpu[part] for cpu in measured.backlog_cpu if part in cpu]
         parts.add_row(
-            part, f"{seconds * 1e6:,.0f} µs", f"{1 / seconds:,.0f}" if seconds > 0 else ""
+            part,
+            f"{during * 1e6:,.0f} µs",
+            f"{median(drained) * 1e6:,.0f} µs" if drained else "",
         )
     console.print(parts)
-    ratios = [rate / raw for rate, raw in zip(rates, raw_rates, strict=True)]
-    median_rate = statistics.median(rates)
-    met = median_rate >= TARGET_ITEMS_PER_SECOND
-    console.print(
-        f"pipeline / raw per round: {', '.join(f'{r:.2f}' for r in ratios)} "
-        f"(median {statistics.median(ratios):.2f}); pipeline rounds: "
-        f"{', '.join(f'{r:,.0f}' for r in rates)} items/s; target >= "
-        f"{TARGET_ITEMS_PER_SECOND:,.0f} items/s (median): {'met' if met else 'NOT met'}"
-    )
+    for label, rates in (
+        ("items produced meanwhile", measured.ingest),
+        ("a backlog", measured.backlog),
+    ):
+        ratios = [rate / raw for rate, raw in zip(rates, measured.raw, strict=True)]
+        met = median(rates) >= TARGET_ITEMS_PER_SECOND
+        console.print(
+            f"{label}: pipeline / raw per round {', '.join(f'{r:.2f}' for r in ratios)} "
+            f"(median {median(ratios):.2f}); target >= {TARGET_ITEMS_PER_SECOND:,.0f} items/s "
+            f"(median {median(rates):,.0f}): {'met' if met else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":
