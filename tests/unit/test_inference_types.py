@@ -61,11 +61,14 @@ def test_content_hash_follows_copies_that_change_the_content() -> None:
     assert item.model_copy(update={"item_id": "a-2"}).content_hash() == original
     assert item == Item(item_id="a-1", text="hello", question="spam?")
     assert "_content_hash" not in item.model_dump()
+    assert [name for name, _ in item] == list(Item.model_fields)
 
 
 def test_label_names_follow_copies_that_change_the_labels() -> None:
     schema = LabelSchema(schema_id="s", labels=(Label(name="a"), Label(name="b")))
     assert schema.label_names == ("a", "b")
+    same = LabelSchema(schema_id="s", labels=(Label(name="a"), Label(name="b")))
+    assert schema == same and hash(schema) == hash(same)  # the cache is not part of either
     relabelled = schema.model_copy(update={"labels": (Label(name="x"), Label(name="y"))})
     assert relabelled.label_names == ("x", "y")
     assert schema.label_names == ("a", "b")
