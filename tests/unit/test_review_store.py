@@ -40,6 +40,7 @@ from act.review import (
     normalize_url,
 )
 from act.review import tables as current_tables
+from act.review.store import decision_row
 from act.v1 import bus_pb2, types_pb2
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -228,11 +229,17 @@ def test_decision_validation(store: ReviewStore) -> None:
     nul.budget_id = "a\x00b"
     too_long = make_decision(4)
     too_long.annotation.label = too_long.criticism.label = "x" * 201
+    negative_nanos = make_decision(6)
+    negative_nanos.decided_time.nanos = -1
+    after_year_9999 = make_decision(7)
+    after_year_9999.decided_time.seconds = 253_402_300_800
     for decision, message in (
         (wrong_item, "criticism is for item 'other'"),
         (capped_but_drawn, "delta = 1 with pi = 0"),
         (nul, "NUL"),
         (too_long, "longer than 200"),
+        (negative_nanos, "decided_time is not a valid timestamp"),
+        (after_year_9999, "decided_time is not a valid timestamp"),
         (bus_pb2.Decision(), "item_id is empty"),
     ):
         with pytest.raises(InvalidDecision, match=message):
@@ -240,6 +247,25 @@ def test_decision_validation(store: ReviewStore) -> None:
     # Capped items (pi forced to 0 by the pacer) are stored, not queued.
     assert store.upsert_decision(make_decision(5, capped=True, delta=False, pi=0.0))
     assert store.stats().capped == 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(1_796_123_389, 264_723_999), (-62_135_596_800, 0), (253_402_300_799, 999_999_999), (-1, 5)],
+)
+def test_decided_at_is_the_decisions_timestamp_in_utc(seconds: int, nanos: int) -> None:
+    decision = make_decision(1)
+    decision.decided_time.seconds = seconds
+    decision.decided_time.nanos = nanos
+    row = decision_row(decision, received_at=T0)
+    assert row["decided_at"] == decision.decided_time.ToDatetime(tzinfo=UTC)
+    assert row["decided_at"].tzinfo is UTC
+
+
+def test_an_unset_decision_time_is_the_receive_time() -> None:
+    decision = make_decision(1)
+    decision.ClearField("decided_time")
+    assert decision_row(decision, received_at=T0)["decided_at"] == T0
 
 
 def test_a_decision_without_an_embedded_item_keeps_its_content_ref(store: ReviewStore) -> None:

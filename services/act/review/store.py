@@ -228,12 +228,24 @@ class QueueStats:
 # ----------------------------------------------------------------------------- decisions
 
 
-def _timestamp(ts: Timestamp) -> datetime | None:
-    if ts.seconds == 0 and ts.nanos == 0:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_TIMESTAMP_SECONDS = range(-62_135_596_800, 253_402_300_800)
+_NANOS_PER_SECOND = 1_000_000_000
+
+
+def _timestamp(item_id: str, name: str, ts: Timestamp) -> datetime | None:
+    """The UTC datetime of a set timestamp (None when unset); InvalidDecision when it is out of
+    Timestamp's range. The same value as `ts.ToDatetime(tzinfo=UTC)`, at a fifth of its cost
+    (that checks through several calls and converts time zones)."""
+    seconds, nanos = ts.seconds, ts.nanos
+    if seconds == 0 and nanos == 0:
         return None
-    # The naive UTC datetime, marked UTC: the same instant as ToDatetime(tzinfo=UTC), whose
-    # time-zone conversion costs twice the rest.
-    return ts.ToDatetime().replace(tzinfo=UTC)
+    if seconds not in _TIMESTAMP_SECONDS or not 0 <= nanos < _NANOS_PER_SECOND:
+        raise InvalidDecision(
+            item_id, f"{name} is not a valid timestamp (seconds={seconds}, nanos={nanos})"
+        )
+    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 def _to_timestamp(value: datetime) -> Timestamp:
@@ -342,7 +354,7 @@ def decision_row(decision: bus_pb2.Decision, received_at: datetime) -> dict[str,
         "criticizer_model_revision": criticizer.revision,
         "criticizer_prompt": criticizer_prompt.strategy_id,
         "criticizer_prompt_version": criticizer_prompt.version,
-        "decided_at": _timestamp(decision.decided_time) or received_at,
+        "decided_at": _timestamp(item_id, "decided_time", decision.decided_time) or received_at,
         "received_at": received_at,
         "state": "pending" if decision.delta else "not_selected",
         "revision": 0,
