@@ -19,6 +19,12 @@
 #   ACT_KAFKA_CONTROLLER_PORT    KRaft controller port (default 9093), 127.0.0.1 only; both ports
 #                                may change between starts (the single voter updates its address)
 #   ACT_KAFKA_HEAP_OPTS          JVM heap options (default "-Xms256m -Xmx512m")
+#   ACT_KAFKA_JIT_OPTS           JVM compiler options (default "-XX:TieredStopAtLevel=1": the
+#                                quick C1 compiler only. On two cores a fresh broker's C2
+#                                compiler threads took half its CPU for minutes, 13-16 of
+#                                28-32 s over bench/stream_bench.py; C1 only took none of that and
+#                                handled the requests in the same CPU time. "" for the JVM's
+#                                default, for a long-running broker on a larger machine)
 #   ACT_KAFKA_START_TIMEOUT      seconds start waits for the broker (default 60)
 #   ACT_KAFKA_STOP_TIMEOUT       seconds stop waits after SIGTERM before SIGKILL (default 30)
 #   ACT_JAVA                     java executable (default $JAVA_HOME/bin/java, else java); 17+
@@ -37,6 +43,7 @@ PIDFILE="$KDIR/kafka.pid"
 PORT=${ACT_KAFKA_PORT:-9092}
 CONTROLLER_PORT=${ACT_KAFKA_CONTROLLER_PORT:-9093}
 HEAP_OPTS=${ACT_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}
+JIT_OPTS=${ACT_KAFKA_JIT_OPTS--XX:TieredStopAtLevel=1}
 START_TIMEOUT=${ACT_KAFKA_START_TIMEOUT:-60}
 STOP_TIMEOUT=${ACT_KAFKA_STOP_TIMEOUT:-30}
 if [ -n "${ACT_JAVA:-}" ]; then
@@ -196,9 +203,9 @@ cmd_start() {
     format_storage
     rm -f "$PIDFILE"
     # setsid: the broker keeps running when the shell that started it ends or gets ^C.
-    # shellcheck disable=SC2086,SC2016 # HEAP_OPTS splits; $$ and $0 expand in the child
+    # shellcheck disable=SC2086,SC2016 # HEAP_OPTS and JIT_OPTS split; $$ and $0 expand in the child
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
-        "$JAVA" $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+        "$JAVA" $HEAP_OPTS $JIT_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
         -Dkafka.logs.dir="$LOGS" -Dlog4j2.configurationFile="$CONF_SRC/log4j2.properties" \
         -cp "$LIB/*" kafka.Kafka "$CONFIG" \
         </dev/null >>"$LOGS/kafka.out" 2>&1 &
