@@ -22,9 +22,9 @@ item ids:
 3. backlog: N items are produced to fresh topics first, then a new sampler and consumer start
    on them; the steady rate, and CPU per item from the first stored batch to the last.
 4. CPU per item of each process over the same spans (user + system time, from /proc): what
-   each part costs; and the busy time of the whole machine (all cores, /proc/stat), whose
-   remainder is mostly the broker and PostgreSQL. Throughput on this machine is bounded by
-   cores / machine CPU per item.
+   each part costs, the broker and PostgreSQL included when they run here (deploy/local);
+   and the busy time of the whole machine (all cores, /proc/stat). Throughput on this
+   machine is bounded by cores / machine CPU per item.
 
 This machine's speed drifts by up to 2x over minutes (the same code's raw rate was seen from
 11,000 to 22,000 items/s), so the three alternate round by round and the report gives each
@@ -50,6 +50,10 @@ from rich.table import Table
 
 TARGET_ITEMS_PER_SECOND = 5000.0
 PARTITIONS = 3
+BROKER = "broker (a local kafka.Kafka JVM)"
+DATABASE = "PostgreSQL (local postgres processes)"
+REST = "the rest of the machine"
+MACHINE = "machine, all processes"
 
 
 def _bus(bootstrap: str, poll_records: int) -> Any:
@@ -181,13 +185,32 @@ def raw_kafka(bootstrap: str, messages: list[Any], poll_records: int) -> float:
     return len(payloads) / elapsed
 
 
-def _count(engine: Any) -> int:
+def _stored(engine: Any, ids: list[str]) -> int:
+    """How many of these item ids the store holds (primary-key lookups: a count of the whole
+    table, polled, cost PostgreSQL more CPU per item than the store's own inserts)."""
     import sqlalchemy as sa
 
     from act.review.tables import records
 
+    query = sa.select(sa.func.count()).select_from(records).where(_among(ids))
     with engine.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(records)).scalar_one())
+        return int(conn.execute(query).scalar_one())
+
+
+def _among(ids: list[str]) -> Any:
+    """`item_id = ANY(:ids)`: one array parameter (IN takes one per id, at most 65,535)."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    from act.review.tables import records
+
+    return records.c.item_id == sa.any_(sa.bindparam("ids", ids, type_=ARRAY(sa.String)))
+
+
+# Each partition is stored in order, so once the last (first) ids sent are stored, every
+# partition is complete (has begun), when these ids cover all partitions: 50 ids keyed at
+# random miss one of 3 partitions with probability 3 * (2/3) ** 50, about 1e-8.
+EDGE_IDS = 50
 
 
 class Pipeline:
@@ -204,8 +227,6 @@ class Pipeline:
         ensure_topics(bootstrap, default_topic_specs(bus, suffix=suffix))
         ReviewStore(url).close()  # migrate before the consumer starts
         self.store = ReviewStore(url, migrate=False, pool_size=1)
-        # Records the store should hold: those of earlier pipelines on the same database, so far.
-        self.stored = _count(self.store.engine)
         context = multiprocessing.get_context("spawn")
         self.stop = context.Event()
         self.children = [
@@ -235,10 +256,10 @@ class Pipeline:
         from act.bus.clients import flush_and_check, publish
         from act.review.tables import records
 
-        self.stored = _count(self.store.engine)  # other pipelines may have stored meanwhile
         sent_at: dict[str, float] = {}
         cpu_before = [_cpu_seconds(child.pid) for child in self.children]  # type: ignore[arg-type]
         own_before = time.process_time()
+        services_before = _local_services_cpu_seconds()
         machine_before = _machine_busy_seconds()
         started = time.perf_counter()
         futures = []
@@ -246,11 +267,8 @@ class Pipeline:
             sent_at[message.item_id] = time.time()
             futures.append(publish(self.producer, self.topic, message))
         flush_and_check(futures, producer=self.producer, timeout_s=300)
-        self.stored += len(messages)
-        deadline = time.monotonic() + timeout_s
-        while _count(self.store.engine) < self.stored:
-            self._check(deadline)
-            time.sleep(0.05)
+        ids = list(sent_at)
+        self._wait_until_stored(ids, time.monotonic() + timeout_s)
         elapsed = time.perf_counter() - started
         cpu = {
             name: (_cpu_seconds(child.pid) - before) / len(messages)  # type: ignore[arg-type]
@@ -259,54 +277,54 @@ class Pipeline:
             )
         }
         cpu["item producer (this process)"] = (time.process_time() - own_before) / len(messages)
-        machine = (_machine_busy_seconds() - machine_before) / len(messages)
-        cpu["broker, database and the rest of the machine"] = machine - sum(cpu.values())
-        cpu["machine, all processes"] = machine
-        ids = list(sent_at)
+        _add_services_and_machine(cpu, services_before, machine_before, len(messages))
         with self.store.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(records.c.item_id, records.c.received_at).where(
-                    records.c.item_id.in_(ids)
-                )
+                sa.select(records.c.item_id, records.c.received_at).where(_among(ids))
             ).all()
         stored_at = [row.received_at.timestamp() for row in rows]
         latencies = [at - sent_at[row.item_id] for row, at in zip(rows, stored_at, strict=True)]
         return len(messages) / elapsed, _steady_rate(stored_at), latencies, cpu
 
-    def drain(
-        self, count: int, prefix: str, timeout_s: float = 600
-    ) -> tuple[float, dict[str, float]]:
-        """For `count` items (ids starting with `prefix`) produced before the pipeline
-        started: the steady rate (`_steady_rate`), and CPU per item from the first stored
-        batch to the last (the start-up and the group join left out)."""
+    def drain(self, ids: list[str], timeout_s: float = 600) -> tuple[float, dict[str, float]]:
+        """For items produced before the pipeline started (`ids`, in the order sent): the
+        steady rate (`_steady_rate`), and CPU per item from the first stored batch to the last
+        (the start-up and the group join left out)."""
         import sqlalchemy as sa
 
         from act.review.tables import records
 
         deadline = time.monotonic() + timeout_s
-        target = self.stored + count
-        while (first := _count(self.store.engine)) <= self.stored:
+        while not _stored(self.store.engine, ids[:EDGE_IDS]):
             self._check(deadline)
             time.sleep(0.01)
+        first = _stored(self.store.engine, ids)
         cpu_before = [_cpu_seconds(child.pid) for child in self.children]  # type: ignore[arg-type]
+        services_before = _local_services_cpu_seconds()
         machine_before = _machine_busy_seconds()
-        while _count(self.store.engine) < target:
-            self._check(deadline)
-            time.sleep(0.05)
-        self.stored = target
-        drained = target - first
+        self._wait_until_stored(ids, deadline)
+        drained = len(ids) - first
         cpu = {
             name: (_cpu_seconds(child.pid) - before) / drained  # type: ignore[arg-type]
             for name, child, before in zip(
                 ("sampler", "decision consumer"), self.children, cpu_before, strict=True
             )
         }
-        cpu["machine, all processes"] = (_machine_busy_seconds() - machine_before) / drained
+        _add_services_and_machine(cpu, services_before, machine_before, drained)
         with self.store.engine.connect() as conn:
-            stored_at = conn.execute(
-                sa.select(records.c.received_at).where(records.c.item_id.startswith(prefix))
-            ).scalars()
+            stored_at = conn.execute(sa.select(records.c.received_at).where(_among(ids))).scalars()
             return _steady_rate([at.timestamp() for at in stored_at]), cpu
+
+    def _wait_until_stored(self, ids: list[str], deadline: float) -> None:
+        """Polls until the store holds every one of `ids` (sent in this order): cheaply for
+        the last ones sent (`EDGE_IDS`), then once for all."""
+        while True:
+            if _stored(self.store.engine, ids[-EDGE_IDS:]) == len(ids[-EDGE_IDS:]) and (
+                _stored(self.store.engine, ids) == len(ids)
+            ):
+                return
+            self._check(deadline)
+            time.sleep(0.02)
 
     def _check(self, deadline: float) -> None:
         if time.monotonic() > deadline or not all(c.is_alive() for c in self.children):
@@ -320,6 +338,19 @@ class Pipeline:
                 child.kill()
         self.producer.close()
         self.store.close()
+
+
+def _add_services_and_machine(
+    cpu: dict[str, float], services_before: dict[str, float], machine_before: float, items: int
+) -> None:
+    """Adds to `cpu` (seconds per item of the processes measured so far) the local broker's
+    and PostgreSQL's, the rest of the machine's and the whole machine's, since the `before`
+    readings."""
+    machine = (_machine_busy_seconds() - machine_before) / items
+    for part, seconds in _local_services_cpu_seconds().items():
+        cpu[part] = (seconds - services_before[part]) / items
+    cpu[REST] = machine - sum(cpu.values())
+    cpu[MACHINE] = machine
 
 
 def _steady_rate(stored_at: list[float]) -> float:
@@ -338,6 +369,31 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _local_services_cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of the broker and PostgreSQL when they run on this machine (as
+    deploy/local starts them): the JVM running `kafka.Kafka`, and every `postgres` process
+    with the backends it has reaped (their time moves into the server's children time)."""
+    busy = {BROKER: 0.0, DATABASE: 0.0}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                command, _, rest = stat.read().rpartition(")")
+            name = command.partition("(")[2]
+            fields = rest.split()
+            if name == "java":
+                with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                    if b"kafka.Kafka" in cmdline.read():
+                        busy[BROKER] += sum(int(t) for t in fields[11:13])
+            elif name == "postgres" or name.startswith("postgres:"):
+                busy[DATABASE] += sum(int(t) for t in fields[11:15])
+        except OSError:  # the process ended meanwhile
+            continue
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {part: value / ticks for part, value in busy.items()}
 
 
 def _machine_busy_seconds() -> float:
@@ -451,17 +507,15 @@ def backlog(
     bus = _bus(bootstrap, args.poll_records)
     ensure_topics(bootstrap, default_topic_specs(bus, suffix=suffix))
     producer = make_producer(bootstrap, settings=bus)
+    messages = _items(args.items, f"{suffix}-backlog", prefix)
     try:
-        futures = [
-            publish(producer, f"act.items.v1.{suffix}", message)
-            for message in _items(args.items, f"{suffix}-backlog", prefix)
-        ]
+        futures = [publish(producer, f"act.items.v1.{suffix}", message) for message in messages]
         flush_and_check(futures, producer=producer, timeout_s=300)
     finally:
         producer.close()
     pipeline = Pipeline(bootstrap, url, suffix, args.poll_records)
     try:
-        return pipeline.drain(args.items, prefix)
+        return pipeline.drain([message.item_id for message in messages])
     finally:
         pipeline.close()
 
