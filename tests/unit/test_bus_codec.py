@@ -557,6 +557,42 @@ def test_stream_processes_freeze_start_up_objects_and_collect_young_ones_less_of
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
+def test_stream_processes_still_collect_cycles_periodically() -> None:
+    """With the young threshold at 100,000 a few cycles would wait for ever: the periodic
+    full collection frees them."""
+    import subprocess
+    import sys
+
+    script = """
+import gc, time, weakref
+from act.bus.runtime import prepare_stream_process
+
+prepare_stream_process(full_collection_seconds=0.05)
+
+class Node:
+    pass
+
+node = Node()
+node.self = node  # a cycle: reference counting never frees it
+alive = weakref.ref(node)
+del node
+assert alive() is not None and gc.get_count()[0] < 100_000
+deadline = time.monotonic() + 10
+while alive() is not None and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("collected" if alive() is None else "still alive")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "collected", done.stderr
+
+
+def test_stream_process_collection_period_must_be_positive() -> None:
+    from act.bus.runtime import prepare_stream_process
+
+    with pytest.raises(ValueError, match="full_collection_seconds"):
+        prepare_stream_process(full_collection_seconds=0)
+
+
 # --- publish, flush_and_check, DeadLetterQueue on fakes ---------------------------------------
 
 
