@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from act.client import AnnotatorClient, CriticizerClient
 from act.data import text_schema
 from act.inference.errors import BackendUnavailable, InferenceError
 from act.inference.instant import InstantBackend
 from act.inference.types import Annotation, Item, LabelSchema
+from act.sampler.cli import SettingsError, build_scorer
 from act.sampler.scoring import Failed, Scored, Scorer
 from act.serving.server import ModelServer
 from act.serving.settings import ServingSettings
@@ -70,3 +73,31 @@ def test_scoring_through_the_grpc_services_equals_in_process_scoring() -> None:
         ]
 
     assert key(through_grpc) == key(in_process)
+
+
+def _scorer_for(annotator: str) -> Scorer:
+    return build_scorer(
+        annotator=annotator,
+        criticizer="criticizer:50052",
+        backend=None,
+        backend_option=(),
+        schema_id="act-moderation",
+        schema_version=1,
+        annotation_strategy="direct",
+        criticism_strategy="direct",
+        max_concurrency=4,
+        rpc_timeout=5.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "address", ["localhost", "localhost:", ":50051", "localhost:port", "localhost:70000"]
+)
+def test_the_sampler_refuses_a_model_service_address_that_is_not_host_port(address: str) -> None:
+    with pytest.raises(SettingsError, match=r"--annotator expects HOST:PORT"):
+        _scorer_for(address)
+
+
+@pytest.mark.parametrize("address", ["annotator:50051", "10.0.0.7:50051", "[::1]:50051"])
+def test_the_sampler_accepts_host_port_and_bracketed_ipv6_addresses(address: str) -> None:
+    assert _scorer_for(address).schema.schema_id == "act-moderation"

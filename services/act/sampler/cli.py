@@ -57,9 +57,12 @@ class _LazyClient:
 
 
 def _check_address(address: str, what: str) -> str:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"--{what} expects HOST:PORT, got {address!r}")
+    from act.local.probes import split_address
+
+    try:
+        split_address(address)
+    except ValueError:
+        raise SettingsError(f"--{what} expects HOST:PORT, got {address!r}") from None
     return address
 
 
