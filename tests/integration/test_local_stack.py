@@ -47,6 +47,18 @@ def _admin(kafka_admin: ModuleType, kafka_bootstrap: str) -> Any:
     )
 
 
+def _describe_when_created(admin: Any, topic: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The topic's description once the broker's metadata has it: CreateTopics answers when
+    the controller has created the topic, and the broker may still report it unknown (error
+    code 3) for a moment after."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        (described,) = admin.describe_topics([topic])
+        if described["error_code"] == 0 or time.monotonic() > deadline:
+            return described
+        time.sleep(0.1)
+
+
 def test_kafka_is_a_single_loopback_broker_without_topic_auto_creation(
     kafka_bootstrap: str, require_module: Require
 ) -> None:
@@ -94,7 +106,7 @@ def test_kafka_topic_keyed_produce_and_exactly_once_group_consume(
             ],
             timeout_ms=30_000,
         )
-        (described,) = admin.describe_topics([topic])
+        described = _describe_when_created(admin, topic)
         assert described["error_code"] == 0
         assert len(described["partitions"]) == N_PARTITIONS
         config = _config_entries(
