@@ -364,10 +364,17 @@ def _steady_rate(stored_at: list[float]) -> float:
     return (last - first) / span if span > 0 else math.nan
 
 
+def _stat(pid: int | str) -> tuple[str, list[str]]:
+    """A process's command name and the fields of /proc/<pid>/stat after it (the name may
+    hold spaces and parentheses, so it is cut at the last ")")."""
+    with open(f"/proc/{pid}/stat") as stat:
+        command, _, rest = stat.read().rpartition(")")
+    return command.partition("(")[2], rest.split()
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
+    fields = _stat(pid)[1]
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -380,10 +387,7 @@ def _local_services_cpu_seconds() -> dict[str, float]:
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as stat:
-                command, _, rest = stat.read().rpartition(")")
-            name = command.partition("(")[2]
-            fields = rest.split()
+            name, fields = _stat(entry.name)
             if name == "java":
                 with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
                     if b"kafka.Kafka" in cmdline.read():
