@@ -160,7 +160,7 @@ def test_check_reports_every_bad_row_with_its_line_and_counts_the_good_ones(
     assert sorted(where, key=int) == [str(line) for line in range(2, 15)]
     assert "not valid JSON" in where["2"]
     assert "expected a JSON object" in where["3"]
-    assert "id must be a string or an integer" in where["4"]
+    assert "id is missing" in where["4"]
     assert "is empty" in where["5"]
     assert "unknown field(s) ['txt']" in where["6"]
     assert "does not exist" in where["7"]

@@ -278,6 +278,8 @@ def _mime_type(data: bytes) -> str:
 
 
 def _item_id(value: Any) -> str:
+    if value is None:  # absent, JSON null, or a CSV/Parquet null
+        raise ValueError("id is missing: every item needs one")
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"id must be a string or an integer, got {type(value).__name__}")
     text = str(value)
