@@ -1,4 +1,5 @@
-"""`actctl export`: decisions stored by the review queue come out as the ACT dataset."""
+"""`actctl export`: decisions stored by the review queue come out as the ACT dataset; and which
+store the review commands use when not told."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from act.cli import app
@@ -13,6 +15,9 @@ from act.core.sampling import PacerConfig
 from act.data import text_schema
 from act.inference.instant import InstantBackend
 from act.inference.types import Item, schema_to_proto
+from act.local.state import LocalRun, save
+from act.review.db import DEFAULT_URL, missing_sqlite_file, url_from_environment
+from act.review.server import ReviewSettings
 from act.review.store import ReviewStore
 from act.sampler.policy import PartitionSampler, SamplingPolicy, ScoredItem
 
@@ -61,3 +66,78 @@ def test_export_refuses_a_missing_folder(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+# -- which store the commands use ---------------------------------------------------------------
+
+
+def test_the_store_url_comes_from_the_review_variable_then_the_shared_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ACT_REVIEW_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ACT_DATABASE_URL", raising=False)
+    assert url_from_environment() == DEFAULT_URL
+    assert ReviewSettings().database_url == DEFAULT_URL
+
+    monkeypatch.setenv("ACT_DATABASE_URL", "postgresql://act@db/act")  # deploy/local/env.sh's
+    assert url_from_environment() == "postgresql://act@db/act"
+    assert ReviewSettings().database_url == "postgresql://act@db/act"
+
+    monkeypatch.setenv("ACT_REVIEW_DATABASE_URL", "sqlite:///review.db")
+    assert url_from_environment() == "sqlite:///review.db"
+    assert ReviewSettings().database_url == "sqlite:///review.db"
+
+
+def test_export_without_a_url_reads_the_store_of_the_system_actctl_up_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_dir = tmp_path / "state"
+    monkeypatch.setenv("ACT_STATE_DIR", str(state_dir))
+    elsewhere = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("ACT_DATABASE_URL", f"sqlite:///{elsewhere}")
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    with ReviewStore(url) as store:
+        store.upsert_decisions(_decisions(30))
+    save(LocalRun(state_dir=str(state_dir), database_url=url))
+
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "act.parquet")])
+
+    assert result.exit_code == 0, result.output
+    assert "review store of the system actctl up runs" in result.output
+    assert pq.read_table(tmp_path / "act.parquet").num_rows == 30
+    assert not elsewhere.exists()
+
+
+def test_export_refuses_a_sqlite_store_that_does_not_exist_and_creates_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ACT_STATE_DIR", str(tmp_path / "nothing-up"))
+    monkeypatch.delenv("ACT_REVIEW_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ACT_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    result = CliRunner().invoke(app, ["export", "act.parquet"])
+
+    assert result.exit_code == 2
+    assert f"there is no review store at {tmp_path / 'act-review.db'}" in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_a_state_dir_with_nothing_up_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["review", "add-reviewer", "bob", "--state-dir", str(tmp_path / "none")]
+    )
+
+    assert result.exit_code == 2
+    assert "nothing is up in" in result.output
+    assert not (tmp_path / "none").exists()
+
+
+def test_missing_sqlite_file_names_only_a_sqlite_file_that_is_not_there(tmp_path: Path) -> None:
+    present = tmp_path / "present.db"
+    present.touch()
+    assert missing_sqlite_file(f"sqlite:///{present}") is None
+    assert missing_sqlite_file(f"sqlite:///{tmp_path / 'gone.db'}") == tmp_path / "gone.db"
+    assert missing_sqlite_file("sqlite://") is None
+    assert missing_sqlite_file("sqlite:///:memory:") is None
+    assert missing_sqlite_file("postgresql://act@db/act") is None

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from act.local.state import StateError, default_state_dir
+from act.local.state import StateError, resolve_state_dir
 
 StateDir = Annotated[
     Path | None,
@@ -32,10 +32,6 @@ StateDir = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _state_dir(given: Path | None) -> Path:
-    return (given or default_state_dir()).expanduser().resolve()
 
 
 def _stderr() -> Console:
@@ -125,7 +121,7 @@ def up(
     console = _stderr()
     try:
         options = UpOptions(
-            state_dir=_state_dir(state_dir),
+            state_dir=resolve_state_dir(state_dir),
             backend=backend,
             backend_options=tuple(backend_option or ()),
             store=store,  # type: ignore[arg-type]
@@ -233,7 +229,7 @@ def down(
     console = _stderr()
     try:
         report = bring_down(
-            _state_dir(state_dir),
+            resolve_state_dir(state_dir),
             timeout,
             lambda line: console.print(line, markup=False),
             purge=purge,
@@ -252,12 +248,12 @@ def status(state_dir: StateDir = None) -> None:
     from act.local.system import inspect
 
     try:
-        run, alive = inspect(_state_dir(state_dir))
+        run, alive = inspect(resolve_state_dir(state_dir))
     except StateError as exc:
         raise _fail(str(exc), 1) from None
     out = Console(highlight=False, soft_wrap=True)
     if run is None:
-        out.print(f"nothing is up (no run record in {_state_dir(state_dir)})")
+        out.print(f"nothing is up (no run record in {resolve_state_dir(state_dir)})")
         raise typer.Exit(3)
     out.print(f"state {run.state_dir}, started {run.started_at:%Y-%m-%d %H:%M:%S} UTC")
     if run.review_url:
@@ -308,7 +304,7 @@ def ingest(
 
     console = _stderr()
     try:
-        run = load(_state_dir(state_dir))
+        run = load(resolve_state_dir(state_dir))
     except StateError as exc:
         raise _fail(str(exc), 1) from None
     bootstrap = kafka_bootstrap or (run.kafka_bootstrap if run else None)

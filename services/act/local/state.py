@@ -38,6 +38,11 @@ def default_state_dir() -> Path:
     return Path(root).expanduser() / "up"
 
 
+def resolve_state_dir(given: Path | None) -> Path:
+    """The state dir to use: `given` (a --state-dir option), else `default_state_dir()`."""
+    return (given or default_state_dir()).expanduser().resolve()
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

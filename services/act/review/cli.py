@@ -2,6 +2,10 @@
 
 `review_app` is a typer sub-app; actctl mounts it with `app.add_typer(review_app, name="review")`.
 Settings come from `ACT_REVIEW_*` variables (see `act.review.server`); flags override them.
+
+The commands that work on a store from outside (`add-reviewer`, `sync-reviewers`, `export`)
+find it as `_store_url` says: `--database-url`, else the store of the system `actctl up` runs
+(its run record), else the environment (`act.review.db.url_from_environment`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Annotated
 
 import typer
 
+from act.local.cli import StateDir
 from act.review.errors import InvalidArgument, ReviewerExists, ReviewStoreError
 from act.review.store import ReviewStore, check_reviewer_token
 
@@ -31,9 +36,44 @@ review_app = typer.Typer(
 DatabaseUrl = Annotated[
     str | None,
     typer.Option(
-        "--database-url", help="SQLAlchemy URL of the review store (env ACT_REVIEW_DATABASE_URL)."
+        "--database-url",
+        help="SQLAlchemy URL of the review store (env ACT_REVIEW_DATABASE_URL, else "
+        "ACT_DATABASE_URL, else sqlite:///act-review.db).",
     ),
 ]
+StoreUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL of the review store (default: the store of the system `actctl up` "
+        "runs, else env ACT_REVIEW_DATABASE_URL, else ACT_DATABASE_URL, else "
+        "sqlite:///act-review.db).",
+    ),
+]
+
+
+def _store_url(given: str | None, state_dir: Path | None) -> str:
+    """The store a command works on: `given`, else the store of the system `actctl up` runs
+    (the run record in the state dir; said on stderr), else `url_from_environment()`. An
+    explicit `state_dir` with nothing up in it is an error (exit 2)."""
+    from act.local.state import StateError, load, resolve_state_dir
+    from act.review.db import url_from_environment
+
+    if given:
+        return given
+    directory = resolve_state_dir(state_dir)
+    try:
+        run = load(directory)
+    except StateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if run is not None and run.database_url:
+        typer.echo(f"review store of the system actctl up runs (state dir {directory})", err=True)
+        return run.database_url
+    if state_dir is not None:
+        typer.echo(f"error: nothing is up in {directory} (no run record)", err=True)
+        raise typer.Exit(2)
+    return url_from_environment()
 
 
 @review_app.command("serve")
@@ -106,15 +146,14 @@ def serve(
 @review_app.command("add-reviewer")
 def add_reviewer(
     name: Annotated[str, typer.Argument(help="The reviewer's name (shown in the audit trail).")],
-    database_url: DatabaseUrl = None,
+    database_url: StoreUrl = None,
     rotate: Annotated[
         bool, typer.Option(help="Issue a new token for an existing reviewer instead.")
     ] = False,
+    state_dir: StateDir = None,
 ) -> None:
     """Create a reviewer and print their token (shown only once; only its hash is stored)."""
-    from act.review.server import ReviewSettings
-
-    url = database_url or ReviewSettings().database_url
+    url = _store_url(database_url, state_dir)
     try:
         with ReviewStore(url) as store:
             token = store.rotate_token(name) if rotate else store.add_reviewer(name)
@@ -173,14 +212,13 @@ def sync_reviewers(
     directory: Annotated[
         Path, typer.Argument(help="Folder with one file per reviewer: name, and token as content.")
     ],
-    database_url: DatabaseUrl = None,
+    database_url: StoreUrl = None,
+    state_dir: StateDir = None,
 ) -> None:
     """Give the reviewers of DIR the tokens of their files (a Kubernetes Secret mounted as a
     volume): creates missing reviewers, replaces changed tokens and reactivates them; prints
     each name with what was done, never a token. Every file is checked first: one bad file and
     nothing is written (exit 2). Reviewers without a file are left as they are."""
-    from act.review.server import ReviewSettings
-
     try:
         tokens = read_reviewer_tokens(directory)
     except ValueError as exc:
@@ -189,7 +227,7 @@ def sync_reviewers(
     if not tokens:
         typer.echo(f"no reviewer files in {directory}; nothing to do", err=True)
         return
-    url = database_url or ReviewSettings().database_url
+    url = _store_url(database_url, state_dir)
     try:
         with ReviewStore(url) as store:
             for name, token in tokens.items():
@@ -206,21 +244,30 @@ def sync_reviewers(
 @review_app.command("export")
 def export(
     output: Annotated[Path, typer.Argument(help="Parquet file to write (replaced atomically).")],
-    database_url: DatabaseUrl = None,
+    database_url: StoreUrl = None,
     schema_id: Annotated[
         str | None, typer.Option(help="Only the records of this label schema.")
     ] = None,
     include_items: Annotated[
         bool, typer.Option(help="Also write the serialized item (content) of every record.")
     ] = False,
+    state_dir: StateDir = None,
 ) -> None:
     """Export the ACT dataset (every record: machine label, eps, pi, delta, human label,
     reviewer, timestamps, model and prompt versions) to Parquet for the trainer."""
-    from act.review.server import ReviewSettings
+    from act.review.db import missing_sqlite_file
 
-    url = database_url or ReviewSettings().database_url
+    url = _store_url(database_url, state_dir)
     if output.parent and not output.parent.exists():
         typer.echo(f"error: folder {output.parent} does not exist", err=True)
+        raise typer.Exit(2)
+    missing = missing_sqlite_file(url)
+    if missing is not None:  # opening it would create an empty store and export nothing
+        typer.echo(
+            f"error: there is no review store at {missing}; give --database-url (or start "
+            "the system with actctl up)",
+            err=True,
+        )
         raise typer.Exit(2)
     try:
         with ReviewStore(url) as store:

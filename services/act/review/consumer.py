@@ -364,7 +364,7 @@ def serve_decision_consumer(
 ) -> int:
     """Runs a `DecisionConsumer` until SIGTERM/SIGINT; returns the exit code (for a CLI).
 
-    `database_url` defaults to `ACT_DATABASE_URL` (else the embedded SQLite file);
+    `database_url` defaults to `act.review.db.url_from_environment()`;
     `schema_ids` name schemas of `SchemaRegistry.with_defaults()` (plus `ACT_SCHEMAS_DIR`) to
     register at start; `metrics_port` serves the consumer's registry over HTTP on
     `metrics_host`.
@@ -373,12 +373,12 @@ def serve_decision_consumer(
     import signal
 
     from act.inference.schemas import SchemaRegistry
-    from act.review.db import DEFAULT_URL
+    from act.review.db import url_from_environment
 
     registry_dir = os.environ.get("ACT_SCHEMAS_DIR") or None
     known = SchemaRegistry.with_defaults(registry_dir)
     schemas = [known.get(schema_id) for schema_id in schema_ids]
-    url = database_url or os.environ.get("ACT_DATABASE_URL") or DEFAULT_URL
+    url = database_url or url_from_environment()
     store = ReviewStore(url)
     consumer = DecisionConsumer(
         store, bus_settings, group_id=group_id, topic_suffix=topic_suffix, schemas=schemas

@@ -7,10 +7,14 @@ The only dialect-specific setup lives here:
   with `BEGIN IMMEDIATE`, which takes the database's write lock, so the same statements are
   race-free there too (and read-only work such as exports opts into `BEGIN DEFERRED`, which in
   WAL mode reads a snapshot without blocking writers). Also WAL, a busy timeout, foreign keys.
+
+Which store a process uses when it is not told (`url_from_environment`) is decided here too.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +28,31 @@ DEFAULT_URL = "sqlite:///act-review.db"
 READ_ONLY = "act_read_only"
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def url_from_environment() -> str:
+    """The review store's URL when none is given: `ACT_REVIEW_DATABASE_URL` (the review
+    server's setting), else `ACT_DATABASE_URL` (what deploy/local/env.sh exports, and the
+    decision consumer's setting in the Helm chart), else the embedded SQLite file."""
+    for name in ("ACT_REVIEW_DATABASE_URL", "ACT_DATABASE_URL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return DEFAULT_URL
+
+
+def missing_sqlite_file(url: str | sa.URL) -> Path | None:
+    """The database file of a SQLite URL when that file does not exist (opening the store
+    would create an empty one); None for an existing file, an in-memory database or a server."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or _in_memory(parsed) or parsed.query.get("uri"):
+        return None  # (a `file:` URI names its file in its own syntax: not judged here)
+    path = Path(parsed.database or "")
+    return None if path.exists() else path.absolute()
+
+
+def _in_memory(parsed: sa.URL) -> bool:
+    return parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed)
 
 
 def normalize_url(url: str | sa.URL) -> sa.URL:
@@ -50,7 +79,7 @@ def create_engine(
             parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **kwargs
         )
         return engine
-    in_memory = parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed)
+    in_memory = _in_memory(parsed)
     connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
     if in_memory:
         # One shared connection, so that every use sees the same database; single-threaded use.

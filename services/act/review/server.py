@@ -2,7 +2,8 @@
 service (grpc.aio) in one process, over one `ReviewStore`.
 
 Settings come from `ACT_REVIEW_*` environment variables (`ReviewSettings`; arguments override):
-- `ACT_REVIEW_DATABASE_URL` (the store's default, SQLite): the store's SQLAlchemy URL.
+- `ACT_REVIEW_DATABASE_URL` (else `ACT_DATABASE_URL`, else the embedded SQLite file): the
+  store's SQLAlchemy URL (`act.review.db.url_from_environment`).
 - `ACT_REVIEW_HOST` (`127.0.0.1`): address both servers bind (`0.0.0.0` in a container).
 - `ACT_REVIEW_HTTP_PORT` (8080), `ACT_REVIEW_GRPC_PORT` (50061); 0 picks a free port.
 - `ACT_REVIEW_DEFAULT_LEASE_SECONDS` (300), `ACT_REVIEW_MAX_LEASE_SECONDS` (3600): claim leases.
@@ -28,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from act.review.db import DEFAULT_URL
+from act.review.db import url_from_environment
 from act.review.grpc_service import ReviewQueueServicer, add_review_queue
 from act.review.http import ApiOptions, OnReview, create_app
 from act.review.store import ReviewStore
@@ -45,7 +46,7 @@ class ReviewSettings(BaseSettings):
         env_prefix="ACT_REVIEW_", extra="ignore", validate_default=True
     )
 
-    database_url: str = DEFAULT_URL
+    database_url: str = Field(default_factory=url_from_environment)
     host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=50061, ge=0, le=65535)
