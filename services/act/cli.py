@@ -32,6 +32,7 @@ app = typer.Typer(
     help="ACT: LLM data annotation with critical thinking.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",
 )
 
 
@@ -139,7 +140,8 @@ def _parse_params(pairs: list[str]) -> dict[str, float | str]:
 
 serve_app = typer.Typer(
     name="serve",
-    help="Run a model service: gRPC (health checking, reflection) and Prometheus metrics.",
+    help="Run a service: the annotator and the criticizer (gRPC), the sampler, the review queue "
+    "and its decision consumer; each with Prometheus metrics.",
     no_args_is_help=True,
 )
 app.add_typer(serve_app, name="serve")

@@ -91,3 +91,19 @@ def test_sample_reports_a_missing_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["sample", str(tmp_path / "absent.csv"), "--budget", "1"])
     assert result.exit_code == 2
     assert "no such file" in result.output
+
+
+def test_help_shows_each_command_summary_as_one_paragraph() -> None:
+    """Docstrings are wrapped at 100 columns in the source; the help reflows them to the
+    terminal rather than keeping the source's line breaks."""
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "250"})
+
+    assert result.exit_code == 0
+    lines = [" ".join(line.strip("│ ").split()) for line in result.output.splitlines()]
+    assert any(
+        line.endswith(
+            "delta, human label, reviewer, timestamps, model and prompt versions) to Parquet "
+            "for the trainer."
+        )
+        for line in lines
+    ), result.output
