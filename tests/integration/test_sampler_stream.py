@@ -24,7 +24,7 @@ from act.inference.instant import InstantBackend
 from act.inference.types import Item, item_from_proto, item_to_proto
 from act.sampler.policy import PartitionSampler, SamplingPolicy, ScoredItem
 from act.sampler.scoring import Scored, Scorer
-from act.sampler.service import SamplerWorker
+from act.sampler.service import PartitionMismatch, SamplerWorker
 from act.v1 import bus_pb2, types_pb2
 
 POLICY = SamplingPolicy(
@@ -169,6 +169,28 @@ def _check(decisions: list[bus_pb2.Decision], n_items: int) -> None:
     for decision in decisions:
         per_window[decision.window_id] = per_window.get(decision.window_id, 0) + decision.delta
     assert max(per_window.values()) <= 20  # 60 per window over 3 partitions
+
+
+def test_a_budget_split_over_other_partitions_than_the_topic_has_is_refused(
+    kafka_bootstrap: str,
+) -> None:
+    """The items topic exists with 3 partitions; a policy splitting the stream budget over 2
+    would let the 3 partitions spend 3/2 of it: the worker refuses before reading anything."""
+    suffix = uuid.uuid4().hex[:8]
+    bus = _bus(kafka_bootstrap)
+    _worker(bus, suffix)._ensure_topics()
+    policy = POLICY.model_copy(update={"partitions": 2})
+    backend = InstantBackend()
+    worker = SamplerWorker(
+        Scorer(backend, backend, text_schema()),
+        policy,
+        bus=bus,
+        group_id=f"sampler-{suffix}",
+        transactional_id=f"sampler-{suffix}",
+        topic_suffix=suffix,
+    )
+    with pytest.raises(PartitionMismatch, match="has 3 partitions, but the stream budget is"):
+        worker.run(idle_exit_seconds=1)
 
 
 def test_every_item_gets_exactly_one_decision_with_the_keyed_delta(kafka_bootstrap: str) -> None:

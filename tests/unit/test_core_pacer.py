@@ -524,3 +524,45 @@ def test_planned_reviews_grows_with_the_reviews_left_and_is_zero_without_any() -
     plans = [planned_reviews(h, 0.01) for h in range(1, 50)]
     assert np.all(np.diff(plans) > 0)
     assert planned_reviews(10, 0.01) < planned_reviews(10, 0.1)
+
+
+# -- partitions: each paces its share of the stream ------------------------------------------
+
+
+def test_a_partition_share_keeps_the_stream_rate_and_caps_adding_up_to_the_budget() -> None:
+    items = PacerConfig(budget_per_window=60, window_items=300, seed="s").partition_share(3)
+    assert (items.window_items, items.budget_per_window, items.hard_cap) == (100, 20, 20)
+    assert items.seed == "s"
+
+    uneven = PacerConfig(budget_per_window=10, window_items=100).partition_share(3)
+    assert uneven.window_items == 34 and uneven.hard_cap == 3  # 3 x 3 <= 10, rate <= 10/100
+
+    hourly = PacerConfig.for_capacity(120, expected_items_per_window=9000)
+    timed = hourly.partition_share(4)
+    assert timed.window_seconds == 3600 and timed.window_items is None
+    assert timed.budget_per_window == 30 and timed.expected_items_per_window == 2250
+
+    one = PacerConfig(budget_per_window=10, window_items=100)
+    assert one.partition_share(1) == one
+
+
+def test_a_partition_share_under_one_review_per_window_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"leaves 0\.667 per partition window"):
+        PacerConfig(budget_per_window=2, window_items=100).partition_share(3)
+    with pytest.raises(ValueError, match="positive integer"):
+        PacerConfig(budget_per_window=2, window_items=100).partition_share(0)
+
+
+def test_partitions_pacing_their_shares_spend_about_the_stream_budget() -> None:
+    """Three partitions (items dealt round robin) together review about as much as the
+    budget allows the whole stream: budget/window_items of the items, never more."""
+    config = PacerConfig(budget_per_window=60, window_items=300, seed="split")
+    rng = np.random.default_rng(7)
+    stream = _count_stream(rng.beta(0.5, 3.0, size=30_000))
+    pacers = [StreamPacer(config.partition_share(3)) for _ in range(3)]
+    reviews = sum(
+        int(pacers[i % 3].decide(item_id, eps, ts).delta)
+        for i, (item_id, eps, ts) in enumerate(stream)
+    )
+    budget = len(stream) / config.window_items * config.budget_per_window
+    assert 0.75 * budget < reviews <= budget, f"{reviews} reviews for a budget of {budget:.0f}"

@@ -58,8 +58,9 @@ def test_stream_mode_respects_the_partition_cap_and_draws_the_keyed_delta() -> N
         per_window[decision.window_id] = per_window.get(decision.window_id, 0) + decision.delta
         u = keyed_uniform([decision.item_id], "policy-test")[0]
         assert decision.delta == (u < decision.pi)
-    assert max(per_window.values()) <= 20  # 40 per window shared by 2 partitions
-    assert len(per_window) == 10
+    # 40 per 200 items shared by 2 partitions: 20 per 100 items of each
+    assert max(per_window.values()) <= 20
+    assert len(per_window) == 20
     assert sampler.state().next_offset == 2000
 
 
@@ -117,7 +118,7 @@ def test_decisions_carry_ids_versions_and_the_item_but_not_the_seed() -> None:
     assert decision.eps == decision.criticism.error_probability
     assert decision.annotation.model.backend == "instant"
     assert decision.annotation.prompt.strategy_id == "direct"
-    assert decision.budget_id == "stream:cap20/200items/partition"
+    assert decision.budget_id == "stream:cap20/100items/partition"  # 40 per 200, 2 partitions
     assert decision.content_ref.startswith("sha256:")
     assert "policy-test" not in decision.seed_id and len(decision.seed_id) == 12
 
@@ -125,5 +126,7 @@ def test_decisions_carry_ids_versions_and_the_item_but_not_the_seed() -> None:
 def test_bad_policies_and_states_are_refused() -> None:
     with pytest.raises(ValueError, match="pacer"):
         SamplingPolicy(mode="stream")
+    with pytest.raises(ValueError, match="split over 3 partitions"):
+        SamplingPolicy(partitions=3, pacer=PacerConfig(budget_per_window=2, window_items=100))
     with pytest.raises(ValueError, match="partition 3"):
         PartitionSampler(STREAM, 0, SamplerState(partition=3))

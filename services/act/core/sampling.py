@@ -200,6 +200,35 @@ class PacerConfig(BaseModel):
         """Reviews per window that are never exceeded."""
         return math.floor(self.budget_per_window)
 
+    def partition_share(self, partitions: int) -> PacerConfig:
+        """The pacer of one of `partitions` partitions, each seeing about 1/partitions of the
+        stream and paced on its own, so that together they keep this pacer's budget:
+
+        - time windows: the same windows, each with budget/partitions (the partitions' caps
+          add up to at most this cap in every window);
+        - item windows: windows of ceil(window_items/partitions) of the partition's own items,
+          each with budget/partitions: about window_items items of the stream pass while
+          every partition fills one window, so the stream's rate stays budget/window_items
+          (a little under when partitions does not divide window_items).
+
+        ValueError when a partition's share is under one review per window.
+        """
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            raise ValueError(f"partitions must be a positive integer, got {partitions!r}")
+        share = self.budget_per_window / partitions
+        if math.floor(share) < 1:
+            raise ValueError(
+                f"a budget of {self.budget_per_window:g} reviews per window split over "
+                f"{partitions} partitions leaves {share:.3g} per partition window, under one "
+                f"review: give at least {partitions} per window, or use fewer partitions"
+            )
+        update: dict[str, object] = {"budget_per_window": share}
+        if self.window_items is not None:
+            update["window_items"] = math.ceil(self.window_items / partitions)
+        if self.expected_items_per_window is not None:
+            update["expected_items_per_window"] = self.expected_items_per_window / partitions
+        return PacerConfig(**{**self.model_dump(), **update})
+
 
 class PacerState(BaseModel):
     """Everything the pacer remembers; saved after each decision so a restart continues."""

@@ -99,9 +99,12 @@ def up(
         typer.Option(help="Lay all nine ports out from this one on (default: free ones)."),
     ] = None,
     budget_per_window: Annotated[
-        float, typer.Option(help="Sampler: most reviews per window of items.")
-    ] = 10.0,
-    window_items: Annotated[int, typer.Option(help="Sampler: items per window.")] = 100,
+        float,
+        typer.Option(help="Sampler: most reviews per window of items (each partition its share)."),
+    ] = 100.0,
+    window_items: Annotated[
+        int, typer.Option(help="Sampler: items of the stream per window.")
+    ] = 1000,
     seed: Annotated[str, typer.Option(help="Sampler: key of the keyed randomness.")] = "act",
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the services to answer.")

@@ -97,8 +97,8 @@ class UpOptions(BaseModel):
     host: str = "127.0.0.1"
     review_port: int = Field(default=0, ge=0, le=65535)
     base_port: int | None = Field(default=None, ge=1, le=65535 - 8)  # nine ports from it
-    budget_per_window: float = Field(default=10.0, gt=0)
-    window_items: int = Field(default=100, ge=1)
+    budget_per_window: float = Field(default=100.0, gt=0)
+    window_items: int = Field(default=1000, ge=1)
     seed: str = Field(default="act", min_length=1)
     timeout_s: float = Field(default=180.0, gt=0)
 

@@ -247,7 +247,12 @@ def serve(
     ] = "direct",
     mode: Annotated[str, _opt("stream (pacer) or batch (budget transform).", "MODE")] = "stream",
     budget_per_window: Annotated[
-        float | None, _opt("Stream: hard cap of reviews per window.", "BUDGET_PER_WINDOW")
+        float | None,
+        _opt(
+            "Stream: hard cap of reviews per window of the whole stream (each partition paces "
+            "its share: PacerConfig.partition_share).",
+            "BUDGET_PER_WINDOW",
+        ),
     ] = None,
     window_items: Annotated[
         int | None, _opt("Stream: a window is this many items.", "WINDOW_ITEMS")
@@ -290,7 +295,8 @@ def serve(
     partitions: Annotated[
         int | None,
         _opt(
-            "Partitions of act.items (the budget is split evenly; default ACT_TOPIC_PARTITIONS).",
+            "Partitions of act.items, each pacing its share of the budget; must be the topic's "
+            "(default ACT_TOPIC_PARTITIONS).",
             "PARTITIONS",
         ),
     ] = None,
@@ -336,7 +342,7 @@ def serve(
 
     from act.bus import BusSettings
     from act.bus.runtime import prepare_stream_process
-    from act.sampler.service import SamplerWorker
+    from act.sampler.service import PartitionMismatch, SamplerWorker
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -411,4 +417,8 @@ def serve(
         transactional_id,
     )
     prepare_stream_process()
-    worker.run()
+    try:
+        worker.run()
+    except PartitionMismatch as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None

@@ -4,8 +4,9 @@ A `PartitionSampler` turns scored items (item, annotation, criticism) into decis
 the core's formulas only:
 
 - ``stream`` mode: a `StreamPacer` per partition (budget per window or reviewer capacity
-  per hour, split evenly across partitions) decides item by item; its state is part of the
-  sampler state, saved with the committed offsets, so a restart continues the pacing.
+  per hour, split across partitions by `PacerConfig.partition_share`) decides item by
+  item; its state is part of the sampler state, saved with the committed offsets, so a
+  restart continues the pacing.
 - ``batch`` mode: micro-batches of exactly `batch_items` consecutive items of the
   partition (boundaries fixed by offsets, never by time) get pi from a budget transform
   with budget `review_fraction * batch_items`, and delta from the keyed sampler.
@@ -56,8 +57,10 @@ class SamplingPolicy(BaseModel):
 
     @model_validator(mode="after")
     def _mode_settings(self) -> SamplingPolicy:
-        if self.mode == "stream" and self.pacer is None:
-            raise ValueError("stream mode needs a pacer configuration (budget per window)")
+        if self.mode == "stream":
+            if self.pacer is None:
+                raise ValueError("stream mode needs a pacer configuration (budget per window)")
+            self.partition_pacer()  # a share under one review per window fails here
         return self
 
     @property
@@ -66,17 +69,10 @@ class SamplingPolicy(BaseModel):
         return hashlib.sha256(self.seed.encode()).hexdigest()[:12]
 
     def partition_pacer(self) -> PacerConfig:
-        """The pacer of one partition: an equal share of the budget, the same windows."""
+        """The pacer of one partition: its share of the stream's (`PacerConfig.partition_share`),
+        with the policy's seed."""
         assert self.pacer is not None
-        share = self.pacer.budget_per_window / self.partitions
-        expected = self.pacer.expected_items_per_window
-        return self.pacer.model_copy(
-            update={
-                "budget_per_window": share,
-                "expected_items_per_window": expected / self.partitions if expected else None,
-                "seed": self.seed,
-            }
-        )
+        return self.pacer.partition_share(self.partitions).model_copy(update={"seed": self.seed})
 
     @property
     def budget_id(self) -> str:

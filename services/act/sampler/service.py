@@ -132,6 +132,11 @@ class _Rebalanced(Exception):
     """Partitions moved while a transaction was open: it is aborted and the work redone."""
 
 
+class PartitionMismatch(ValueError):
+    """The stream budget is split over another number of partitions than the items topic has:
+    the partitions together would spend a multiple (or a fraction) of the budget."""
+
+
 class SamplerWorker:
     """Consumes items, scores them, decides, and commits everything in transactions."""
 
@@ -189,11 +194,13 @@ class SamplerWorker:
         self._stop.set()
 
     def run(self, *, idle_exit_seconds: float | None = None) -> None:
-        """Process until `stop()` (or, with `idle_exit_seconds`, until the input is idle)."""
-        self._ensure_topics()
+        """Process until `stop()` (or, with `idle_exit_seconds`, until the input is idle).
+        PartitionMismatch before anything is read when the stream policy splits its budget
+        over another number of partitions than the items topic has."""
         clients: _Clients | None = None
         idle = 0.0
         try:
+            self._ensure_topics()
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:
@@ -530,6 +537,14 @@ class SamplerWorker:
         ]
         statuses = ensure_topics(self.bus.kafka_bootstrap, specs)
         self._partitions = {name: status.partitions for name, status in statuses.items()}
+        actual = self._partitions[self.items_topic]
+        if self.policy.mode == "stream" and self.policy.partitions != actual:
+            raise PartitionMismatch(
+                f"{self.items_topic} has {actual} partitions, but the stream budget is split "
+                f"over {self.policy.partitions} (--partitions, else ACT_TOPIC_PARTITIONS): "
+                f"the partitions would together spend {actual}/{self.policy.partitions} of "
+                f"the budget; set it to {actual}"
+            )
 
 
 class _Rebalance(ConsumerRebalanceListener):
