@@ -139,11 +139,11 @@ def same_draw(decision: Any, expected: bus_pb2.Decision) -> bool:
     )
 
 
-def _worker(bus: BusSettings, suffix: str) -> SamplerWorker:
+def _worker(bus: BusSettings, suffix: str, policy: SamplingPolicy = POLICY) -> SamplerWorker:
     backend = InstantBackend()
     return SamplerWorker(
         Scorer(backend, backend, text_schema()),
-        POLICY,
+        policy,
         bus=bus,
         group_id=f"sampler-{suffix}",
         transactional_id=f"sampler-{suffix}",
@@ -179,16 +179,7 @@ def test_a_budget_split_over_other_partitions_than_the_topic_has_is_refused(
     suffix = uuid.uuid4().hex[:8]
     bus = _bus(kafka_bootstrap)
     _worker(bus, suffix)._ensure_topics()
-    policy = POLICY.model_copy(update={"partitions": 2})
-    backend = InstantBackend()
-    worker = SamplerWorker(
-        Scorer(backend, backend, text_schema()),
-        policy,
-        bus=bus,
-        group_id=f"sampler-{suffix}",
-        transactional_id=f"sampler-{suffix}",
-        topic_suffix=suffix,
-    )
+    worker = _worker(bus, suffix, POLICY.model_copy(update={"partitions": 2}))
     with pytest.raises(PartitionMismatch, match="has 3 partitions, but the stream budget is"):
         worker.run(idle_exit_seconds=1)
 
