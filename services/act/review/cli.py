@@ -263,11 +263,8 @@ def export(
         raise typer.Exit(2)
     missing = missing_sqlite_file(url)
     if missing is not None:  # opening it would create an empty store and export nothing
-        typer.echo(
-            f"error: there is no review store at {missing}; give --database-url (or start "
-            "the system with actctl up)",
-            err=True,
-        )
+        hint = "" if database_url else "; give --database-url, or start the system with actctl up"
+        typer.echo(f"error: there is no review store at {missing}{hint}", err=True)
         raise typer.Exit(2)
     try:
         with ReviewStore(url) as store:
