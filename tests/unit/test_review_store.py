@@ -565,6 +565,29 @@ def test_stats(store: ReviewStore, clock: FakeClock) -> None:
     assert (w2.decisions, w2.selected, w2.capped, w2.expected) == (1, 0, 1, 0.0)
 
 
+def test_stats_give_the_windows_with_the_latest_decisions_in_time_order(
+    store: ReviewStore, clock: FakeClock
+) -> None:
+    # Windows named so that their names sort otherwise than their times: w9 first, then w10,
+    # w11; w9 gets one more decision after w10's.
+    order = ["w9", "w10", "w9", "w11"]
+    for i, window in enumerate(order):
+        decision = make_decision(i, delta=True, pi=0.5, window=window)
+        decision.decided_time.FromDatetime(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=i))
+        store.upsert_decisions([decision])
+
+    def names(windows: int | None) -> list[str]:
+        return [w.window_id for w in store.stats(recent_windows=windows).windows]
+
+    assert names(2) == ["w9", "w11"]
+    assert names(3) == ["w10", "w9", "w11"]
+    assert sorted(names(None)) == ["w10", "w11", "w9"]
+    assert names(0) == []
+    assert store.stats(recent_windows=0).decisions == 4
+    with pytest.raises(InvalidArgument, match="recent_windows"):
+        store.stats(recent_windows=-1)
+
+
 def test_stats_of_an_empty_store(store: ReviewStore) -> None:
     stats = store.stats()
     assert (stats.decisions, stats.pending, stats.windows) == (0, 0, ())

@@ -279,7 +279,7 @@ class DecisionConsumer:
         if self.stats_interval_s is not None and now - self._last_stats >= self.stats_interval_s:
             self._last_stats = now
             try:
-                self.metrics.pending.set(self.store.stats().pending)
+                self.metrics.pending.set(self.store.stats(recent_windows=0).pending)
             except Exception as error:
                 log.warning("queue depth not updated: %s", error)
 

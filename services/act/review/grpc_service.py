@@ -176,7 +176,9 @@ class ReviewQueueServicer(review_queue_pb2_grpc.ReviewQueueServicer):
         self, request: review_queue_pb2.StatsRequest, context: grpc.aio.ServicerContext
     ) -> review_queue_pb2.QueueStats:
         await self._reviewer(context, "")
-        stats = await self._call(context, self.store.stats, request.schema_id or None)
+        stats = await self._call(
+            context, lambda: self.store.stats(request.schema_id or None, recent_windows=0)
+        )
         out = review_queue_pb2.QueueStats(
             decisions=stats.decisions,
             selected=stats.selected,

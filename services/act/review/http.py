@@ -437,7 +437,7 @@ class ReviewApi:
     async def stats(self, request: Request) -> Response:
         await self.reviewer(request)
         schema_id = request.query_params.get("schema_id") or None
-        stats = await run_in_threadpool(self.store.stats, schema_id)
+        stats = await run_in_threadpool(self.store.stats, schema_id, recent_windows=0)
         return JSONResponse(stats_json(stats))
 
 

@@ -17,7 +17,8 @@ from prometheus_client.registry import Collector
 
 from act.review.store import ReviewStore
 
-# Windows reported per scrape: the most recent ones, so label cardinality stays bounded.
+# Windows reported per scrape: those with the latest decisions, so label cardinality stays
+# bounded.
 MAX_WINDOWS = 50
 
 
@@ -26,7 +27,7 @@ class ReviewStoreCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        stats = self.store.stats()
+        stats = self.store.stats(recent_windows=MAX_WINDOWS)
         depth = GaugeMetricFamily(
             "act_review_queue_depth", "Records by review state", labels=["state"]
         )
@@ -70,7 +71,7 @@ class ReviewStoreCollector(Collector):
             "Decisions of a sampling window made after its hard cap was reached (pi = 0)",
             labels=["budget_id", "window_id"],
         )
-        for window in stats.windows[-MAX_WINDOWS:]:
+        for window in stats.windows:
             labels = [window.budget_id, window.window_id]
             selected.add_metric(labels, window.selected)
             expected.add_metric(labels, window.expected)

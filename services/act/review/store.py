@@ -1082,8 +1082,17 @@ class ReviewStore:
             for row in rows
         ]
 
-    def stats(self, schema_id: str | None = None) -> QueueStats:
-        """Counts by state, oldest pending age, agreement, and budget spent per window."""
+    def stats(
+        self, schema_id: str | None = None, *, recent_windows: int | None = None
+    ) -> QueueStats:
+        """Counts by state, oldest pending age, agreement, and budget spent per window.
+
+        `recent_windows` limits the windows to that many, those whose last decision is the
+        latest (in that order, oldest first): None gives every window, 0 none (and skips
+        their query, a scan of the records grouped by window).
+        """
+        if recent_windows is not None and recent_windows < 0:
+            raise InvalidArgument(f"recent_windows must be >= 0, got {recent_windows}")
         now = self._now()
         c = records.c
         pending = sa.or_(
@@ -1118,14 +1127,15 @@ class ReviewStore:
                 count().filter(reviewed).label("reviewed"),
             )
             .group_by(c.budget_id, c.window_id)
-            .order_by(c.budget_id, c.window_id)
+            .order_by(sa.func.max(c.decided_at).desc(), c.budget_id.desc(), c.window_id.desc())
+            .limit(recent_windows)
         )
         if schema_id:
             totals = totals.where(c.schema_id == schema_id)
             windows = windows.where(c.schema_id == schema_id)
         with self._read() as conn:
             t = conn.execute(totals).one()
-            spend = conn.execute(windows).all()
+            spend = conn.execute(windows).all()[::-1] if recent_windows != 0 else []
         oldest = t.oldest_pending
         if isinstance(oldest, str):  # SQLite returns the aggregate as text
             oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
