@@ -151,12 +151,12 @@ def _worker(bus: BusSettings, suffix: str, policy: SamplingPolicy = POLICY) -> S
     )
 
 
-def _samples(worker: SamplerWorker, name: str) -> list[float]:
+def _samples(worker: SamplerWorker, name: str, labels: dict[str, str] | None = None) -> list[float]:
     return [
         sample.value
         for metric in worker.registry.collect()
         for sample in metric.samples
-        if sample.name == name
+        if sample.name == name and labels in (None, sample.labels)
     ]
 
 
@@ -198,6 +198,16 @@ def test_every_item_gets_exactly_one_decision_with_the_keyed_delta(kafka_bootstr
     clean = clean_run_decisions(kafka_bootstrap, f"act.items.v1.{suffix}", POLICY)
     assert all(same_draw(d, clean[d.item_id]) for d in decisions)
     assert sum(_samples(worker, "act_bus_dead_letters_total")) == 1  # the junk record
+    # The window gauges: each partition's last window, its reviews and what its cap leaves.
+    last_window: dict[int, str] = {}
+    for decision in decisions:  # in offset order per partition
+        last_window[int(decision.window_id[1:].split("-")[0])] = decision.window_id
+    cap = POLICY.partition_pacer().hard_cap
+    for partition, window_id in last_window.items():
+        spent = sum(d.delta for d in decisions if d.window_id == window_id)
+        labels = {"partition": str(partition)}
+        assert _samples(worker, "act_sampler_window_reviews", labels) == [spent]
+        assert _samples(worker, "act_sampler_window_remaining_reviews", labels) == [cap - spent]
     print(f"\nsampler: 3000 items in {elapsed:.1f} s (including 3 s idle wait)")
 
 

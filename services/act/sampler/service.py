@@ -94,6 +94,20 @@ class SamplerMetrics:
         )
         for action in RECOVERY_ACTIONS:
             self.recoveries.labels(action=action)
+        # Stream mode: the open pacing window of each partition this worker committed last.
+        self.window_reviews = Gauge(
+            "act_sampler_window_reviews",
+            "Reviews drawn in a partition's current pacing window, as last committed",
+            ["partition"],
+            registry=registry,
+        )
+        self.window_remaining = Gauge(
+            "act_sampler_window_remaining_reviews",
+            "Reviews left under the hard cap of a partition's current pacing window, as last "
+            "committed",
+            ["partition"],
+            registry=registry,
+        )
         self.position_corrections = Counter(
             "act_sampler_position_corrections_total",
             "Partitions whose fetch position disagreed with their committed sampler state and "
@@ -178,6 +192,7 @@ class SamplerWorker:
         self.registry = registry or CollectorRegistry()
         self.metrics = SamplerMetrics(self.registry)
         self._samplers: dict[int, PartitionSampler] = {}
+        self._window_cap = policy.partition_pacer().hard_cap if policy.mode == "stream" else None
         # The committed states read for the partitions without a sampler yet; valid until the
         # assignment changes or the worker rewinds (nothing else commits those partitions).
         self._committed_states: dict[int, SamplerState] | None = None
@@ -299,6 +314,13 @@ class SamplerWorker:
         self._failures = 0
         self.metrics.transactions.labels(result="committed").inc()
         self.metrics.pending.set(sum(s.pending for s in self._samplers.values()))
+        if self._window_cap is not None:
+            for partition, state in work.states.items():
+                spent = state.pacer.spent if state.pacer is not None else 0
+                self.metrics.window_reviews.labels(partition=str(partition)).set(spent)
+                self.metrics.window_remaining.labels(partition=str(partition)).set(
+                    self._window_cap - spent
+                )
 
     def _recover(self, clients: _Clients | None, error: BaseException) -> _Clients | None:
         """Ends a failed transaction (abort, or give the clients up); backs off; returns the
@@ -509,9 +531,14 @@ class SamplerWorker:
 
     def rebalanced(self, partitions: Iterable[TopicPartition]) -> None:
         """Partitions were revoked or assigned: their samplers are reloaded on next use, and an
-        open transaction must not commit."""
+        open transaction must not commit. Their window gauges go until this worker commits
+        for them again (another may own them now)."""
+        partitions = list(partitions)
         self.forget(partitions)
         self._rebalanced = True
+        for partition in partitions:
+            self.metrics.window_reviews.remove(str(partition.partition))
+            self.metrics.window_remaining.remove(str(partition.partition))
 
     def _rewind(self, consumer: KafkaConsumer) -> None:
         """Seeks every assigned partition back to its committed offset; forgets all samplers
