@@ -21,6 +21,7 @@ import grpc
 
 from act.review.errors import ReviewStoreError
 from act.review.http import ApiOptions, OnReview
+from act.review.shared_stats import SharedStats
 from act.review.store import ClaimedRecord, ReviewStore
 from act.v1 import bus_pb2, review_queue_pb2, review_queue_pb2_grpc
 
@@ -56,6 +57,7 @@ class ReviewQueueServicer(review_queue_pb2_grpc.ReviewQueueServicer):
         self.store = store
         self.options = options or ApiOptions()
         self.on_review = on_review
+        self.shared_stats = SharedStats(store, self.options.stats_max_age_seconds)
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -176,9 +178,7 @@ class ReviewQueueServicer(review_queue_pb2_grpc.ReviewQueueServicer):
         self, request: review_queue_pb2.StatsRequest, context: grpc.aio.ServicerContext
     ) -> review_queue_pb2.QueueStats:
         await self._reviewer(context, "")
-        stats = await self._call(
-            context, lambda: self.store.stats(request.schema_id or None, recent_windows=0)
-        )
+        stats = await self._call(context, self.shared_stats.get, request.schema_id or None)
         out = review_queue_pb2.QueueStats(
             decisions=stats.decisions,
             selected=stats.selected,

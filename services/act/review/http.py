@@ -49,6 +49,7 @@ from act.review.errors import (
     UnknownReviewer,
 )
 from act.review.metrics import review_registry
+from act.review.shared_stats import SharedStats
 from act.review.store import ClaimedRecord, QueueStats, ReviewStore
 from act.v1 import bus_pb2
 
@@ -95,6 +96,7 @@ class ApiOptions:
     max_lease_seconds: float = 3600.0
     max_claim_items: int = 50
     show_machine_label: bool = False
+    stats_max_age_seconds: float = 2.0  # act.review.shared_stats
 
 
 # ----------------------------------------------------------------------------- requests
@@ -326,6 +328,7 @@ class ReviewApi:
         self.options = options
         self.on_review = on_review
         self.metrics_registry = review_registry(store)
+        self.shared_stats = SharedStats(store, options.stats_max_age_seconds)
 
     async def reviewer(self, request: Request) -> str:
         header = request.headers.get("authorization", "")
@@ -437,7 +440,7 @@ class ReviewApi:
     async def stats(self, request: Request) -> Response:
         await self.reviewer(request)
         schema_id = request.query_params.get("schema_id") or None
-        stats = await run_in_threadpool(self.store.stats, schema_id, recent_windows=0)
+        stats = await run_in_threadpool(self.shared_stats.get, schema_id)
         return JSONResponse(stats_json(stats))
 
 
