@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from act.review.shared_stats import MAX_FILTERS, SharedStats
+from act.review.shared_stats import COUNT_TIME_RATIO, MAX_FILTERS, SharedStats
 from act.review.store import QueueStats, ReviewStore
 
 
@@ -19,10 +19,12 @@ class CountingStore:
         self.calls: list[tuple[str | None, int | None]] = []
         self.hold = threading.Event()
         self.hold.set()
+        self.on_count = lambda: None  # e.g. advance a fake clock: a count taking time
 
     def stats(self, schema_id: str | None = None, *, recent_windows: int | None = None):
         self.calls.append((schema_id, recent_windows))
         self.hold.wait(10)
+        self.on_count()
         return self.store.stats(schema_id, recent_windows=recent_windows)
 
 
@@ -44,6 +46,21 @@ def test_callers_within_the_max_age_share_one_count(counting: CountingStore) -> 
     assert isinstance(shared.get(), QueueStats)
     shared.get("digits")  # another filter: counted on its own
     assert counting.calls == [(None, 0), (None, 0), ("digits", 0)]
+
+
+def test_a_slow_count_is_reused_for_a_multiple_of_its_duration(counting: CountingStore) -> None:
+    """A large table: each count takes 3 s, so it serves for 30 s, not max_age_s."""
+    now = [0.0]
+    counting.on_count = lambda: now.__setitem__(0, now[0] + 3.0)
+    shared = SharedStats(counting, max_age_s=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    shared.get()  # counted from t=0 to t=3
+    now[0] = 3.0 + COUNT_TIME_RATIO * 3.0 - 0.5
+    shared.get()
+    assert len(counting.calls) == 1
+    now[0] += 1.0
+    shared.get()
+    assert len(counting.calls) == 2
 
 
 def test_a_max_age_of_zero_counts_on_every_call(counting: CountingStore) -> None:
