@@ -145,7 +145,7 @@ def test_round_trip(store: ReviewStore) -> None:
         assert stats.HasField("oldest_pending_age")
 
     # Fresh stats on every call: the test reads them between its own changes.
-    serve(store, body, ApiOptions(stats_max_age_seconds=0), on_review=published.append)
+    serve(store, body, ApiOptions(stats_reuse_factor=0), on_review=published.append)
     assert store.get_record("item-1").human_label == "spam"
     assert [(e.action, e.label) for e in store.audit_trail("item-1")] == [
         ("review", "ok"),

@@ -1,4 +1,4 @@
-"""act.review.shared_stats: one count of the records per interval, whatever the callers."""
+"""act.review.shared_stats: a count is reused for reuse_factor times as long as it took."""
 
 from __future__ import annotations
 
@@ -7,24 +7,29 @@ from pathlib import Path
 
 import pytest
 
-from act.review.shared_stats import COUNT_TIME_RATIO, MAX_FILTERS, SharedStats
+from act.review.shared_stats import MAX_FILTERS, SharedStats
 from act.review.store import QueueStats, ReviewStore
 
 
 class CountingStore:
-    """A ReviewStore's stats, counting the calls (and able to hold one until released)."""
+    """A ReviewStore's stats, counting the calls; each count advances a fake clock by
+    `count_seconds` (a table that takes that long to count) and can be held until released."""
 
     def __init__(self, store: ReviewStore) -> None:
         self.store = store
         self.calls: list[tuple[str | None, int | None]] = []
         self.hold = threading.Event()
         self.hold.set()
-        self.on_count = lambda: None  # e.g. advance a fake clock: a count taking time
+        self.now = 0.0
+        self.count_seconds = 0.0
+
+    def clock(self) -> float:
+        return self.now
 
     def stats(self, schema_id: str | None = None, *, recent_windows: int | None = None):
         self.calls.append((schema_id, recent_windows))
         self.hold.wait(10)
-        self.on_count()
+        self.now += self.count_seconds
         return self.store.stats(schema_id, recent_windows=recent_windows)
 
 
@@ -33,47 +38,46 @@ def counting(tmp_path: Path) -> CountingStore:
     return CountingStore(ReviewStore(f"sqlite:///{tmp_path / 'review.db'}"))
 
 
-def test_callers_within_the_max_age_share_one_count(counting: CountingStore) -> None:
-    now = [100.0]
-    shared = SharedStats(counting, max_age_s=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
+def _shared(counting: CountingStore, reuse_factor: float = 10.0) -> SharedStats:
+    return SharedStats(counting, reuse_factor, clock=counting.clock)  # type: ignore[arg-type]
 
-    first = shared.get()
-    now[0] += 1.5
+
+def test_a_count_is_reused_for_the_factor_times_its_duration(counting: CountingStore) -> None:
+    counting.count_seconds = 3.0  # a large table
+    shared = _shared(counting)
+
+    first = shared.get()  # counted from t=0 to t=3: reused until t=33
+    counting.now = 32.5
     assert shared.get() is first
     assert counting.calls == [(None, 0)]  # the windows are not asked for
-
-    now[0] += 1.0  # 2.5 s after the count: too old
+    counting.now = 33.5
     assert isinstance(shared.get(), QueueStats)
     shared.get("digits")  # another filter: counted on its own
     assert counting.calls == [(None, 0), (None, 0), ("digits", 0)]
 
 
-def test_a_slow_count_is_reused_for_a_multiple_of_its_duration(counting: CountingStore) -> None:
-    """A large table: each count takes 3 s, so it serves for 30 s, not max_age_s."""
-    now = [0.0]
-    counting.on_count = lambda: now.__setitem__(0, now[0] + 3.0)
-    shared = SharedStats(counting, max_age_s=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
-
-    shared.get()  # counted from t=0 to t=3
-    now[0] = 3.0 + COUNT_TIME_RATIO * 3.0 - 0.5
+def test_a_quick_count_is_not_reused_once_time_has_passed(counting: CountingStore) -> None:
+    """A small table counts in milliseconds: the next action a moment later sees new counts
+    (a reviewer's own label is counted)."""
+    counting.count_seconds = 0.002
+    shared = _shared(counting)
     shared.get()
-    assert len(counting.calls) == 1
-    now[0] += 1.0
+    counting.now += 0.1
     shared.get()
     assert len(counting.calls) == 2
 
 
-def test_a_max_age_of_zero_counts_on_every_call(counting: CountingStore) -> None:
-    now = [5.0]
-    shared = SharedStats(counting, max_age_s=0.0, clock=lambda: now[0])  # type: ignore[arg-type]
+def test_a_factor_of_zero_counts_on_every_call(counting: CountingStore) -> None:
+    counting.count_seconds = 5.0
+    shared = _shared(counting, reuse_factor=0.0)
     for _ in range(3):
-        now[0] += 0.001
         shared.get()
     assert len(counting.calls) == 3
 
 
 def test_concurrent_callers_wait_for_the_count_in_progress(counting: CountingStore) -> None:
-    shared = SharedStats(counting, max_age_s=60.0)  # type: ignore[arg-type]
+    counting.count_seconds = 1.0
+    shared = _shared(counting)
     counting.hold.clear()
     results: list[QueueStats] = []
     callers = [threading.Thread(target=lambda: results.append(shared.get())) for _ in range(8)]
@@ -87,12 +91,13 @@ def test_concurrent_callers_wait_for_the_count_in_progress(counting: CountingSto
 
 
 def test_filters_are_remembered_up_to_a_bound(counting: CountingStore) -> None:
-    shared = SharedStats(counting, max_age_s=60.0)  # type: ignore[arg-type]
+    counting.count_seconds = 1.0
+    shared = _shared(counting)
     for i in range(MAX_FILTERS + 5):
         shared.get(f"schema-{i}")
     assert len(shared._latest) <= MAX_FILTERS
 
 
-def test_a_negative_max_age_is_refused(counting: CountingStore) -> None:
-    with pytest.raises(ValueError, match="max_age_s"):
-        SharedStats(counting, max_age_s=-1)  # type: ignore[arg-type]
+def test_a_negative_factor_is_refused(counting: CountingStore) -> None:
+    with pytest.raises(ValueError, match="reuse_factor"):
+        _shared(counting, reuse_factor=-1)

@@ -57,7 +57,7 @@ class ReviewQueueServicer(review_queue_pb2_grpc.ReviewQueueServicer):
         self.store = store
         self.options = options or ApiOptions()
         self.on_review = on_review
-        self.shared_stats = SharedStats(store, self.options.stats_max_age_seconds)
+        self.shared_stats = SharedStats(store, self.options.stats_reuse_factor)
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
         try:

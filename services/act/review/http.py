@@ -96,7 +96,7 @@ class ApiOptions:
     max_lease_seconds: float = 3600.0
     max_claim_items: int = 50
     show_machine_label: bool = False
-    stats_max_age_seconds: float = 2.0  # act.review.shared_stats
+    stats_reuse_factor: float = 10.0  # act.review.shared_stats; 0: count on every call
 
 
 # ----------------------------------------------------------------------------- requests
@@ -328,7 +328,7 @@ class ReviewApi:
         self.options = options
         self.on_review = on_review
         self.metrics_registry = review_registry(store)
-        self.shared_stats = SharedStats(store, options.stats_max_age_seconds)
+        self.shared_stats = SharedStats(store, options.stats_reuse_factor)
 
     async def reviewer(self, request: Request) -> str:
         header = request.headers.get("authorization", "")

@@ -9,9 +9,9 @@ Settings come from `ACT_REVIEW_*` environment variables (`ReviewSettings`; argum
 - `ACT_REVIEW_DEFAULT_LEASE_SECONDS` (300), `ACT_REVIEW_MAX_LEASE_SECONDS` (3600): claim leases.
 - `ACT_REVIEW_MAX_CLAIM_ITEMS` (50): most items one claim may take.
 - `ACT_REVIEW_SHOW_MACHINE_LABEL` (false): show reviewers the model's label (anchoring risk).
-- `ACT_REVIEW_STATS_MAX_AGE_SECONDS` (2): how old the queue counts of the API's and gRPC's
-  stats may be (`act.review.shared_stats`: one count of the records per interval, not one per
-  reviewer action).
+- `ACT_REVIEW_STATS_REUSE_FACTOR` (10): the API's and gRPC's queue counts are reused for this
+  many times as long as counting took (`act.review.shared_stats`: on a large table, not one
+  count per reviewer action); 0 counts on every call.
 - `ACT_REVIEW_GRACE_SECONDS` (5): how long in-flight calls may finish on stop.
 
 `on_review(review_pb)` is called after every stored review (HTTP and gRPC): plug the publisher
@@ -57,7 +57,7 @@ class ReviewSettings(BaseSettings):
     max_lease_seconds: float = Field(default=3600.0, gt=0)
     max_claim_items: int = Field(default=50, ge=1, le=1000)
     show_machine_label: bool = False
-    stats_max_age_seconds: float = Field(default=2.0, ge=0)
+    stats_reuse_factor: float = Field(default=10.0, ge=0)
     grace_seconds: float = Field(default=5.0, ge=0)
 
     def api_options(self) -> ApiOptions:
@@ -66,7 +66,7 @@ class ReviewSettings(BaseSettings):
             max_lease_seconds=self.max_lease_seconds,
             max_claim_items=self.max_claim_items,
             show_machine_label=self.show_machine_label,
-            stats_max_age_seconds=self.stats_max_age_seconds,
+            stats_reuse_factor=self.stats_reuse_factor,
         )
 
 

@@ -1,14 +1,14 @@
 """Queue statistics shared by the clients of one review server.
 
 `ReviewStore.stats` counts over the whole records table. The reviewer UI asks for it after every
-label and while it waits for work, so with many reviewers the server would scan the table once
-per reviewer action. `SharedStats` hands every caller a result computed at most
-`max(max_age_s, COUNT_TIME_RATIO * the count's duration)` ago (one per schema filter), counted
-by one caller while the others wait for it: N reviewers cost one count per interval, and
-counting takes at most 1/COUNT_TIME_RATIO of the database's time however large the table
-grows (measured on PostgreSQL here: 0.9-1.6 s per count at 1,000,000 records, so the figures
-are then up to ~10 s old). The Prometheus collector does not use it (a scrape is rare and
-wants the current figures).
+label and while it waits for work, so with many reviewers on a large table the server would
+count the table once per reviewer action. `SharedStats` reuses a count for `reuse_factor` times
+as long as it took (one per schema filter; concurrent callers wait for the count in progress):
+counting then takes at most 1/(1 + reuse_factor) of the database's time, however many reviewers
+and however large the table. A small table counts in milliseconds, so the figures stay current
+(a reviewer sees their own label counted); on the local PostgreSQL a count of 1,000,000 records
+took 0.9-1.6 s, so with the default factor 10 the figures are then up to 10-16 s old. The
+Prometheus collector does not use it (a scrape is rare and wants the current figures).
 """
 
 from __future__ import annotations
@@ -21,34 +21,32 @@ from act.review.store import QueueStats, ReviewStore
 
 # Schema filters remembered at most (a filter comes from the request: bounded against abuse).
 MAX_FILTERS = 64
-# A count is reused for at least this many times its own duration.
-COUNT_TIME_RATIO = 10.0
 
 
 class SharedStats:
     def __init__(
         self,
         store: ReviewStore,
-        max_age_s: float,
+        reuse_factor: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_age_s < 0:
-            raise ValueError(f"max_age_s must be >= 0, got {max_age_s}")
+        if not reuse_factor >= 0:
+            raise ValueError(f"reuse_factor must be >= 0, got {reuse_factor}")
         self.store = store
-        self.max_age_s = max_age_s
+        self.reuse_factor = reuse_factor
         self._clock = clock
         self._lock = threading.Lock()
         # schema filter -> (when counted, how long it took, the counts)
         self._latest: dict[str | None, tuple[float, float, QueueStats]] = {}
 
     def get(self, schema_id: str | None = None) -> QueueStats:
-        """The queue's counts (no windows: `recent_windows=0`), as old as the module says."""
-        with self._lock:  # one computation at a time; the waiting callers then reuse it
+        """The queue's counts (no windows: `recent_windows=0`), reused as the module says."""
+        with self._lock:  # one count at a time; the callers waiting for it then reuse it
             started = self._clock()
             cached = self._latest.get(schema_id)
             if cached is not None:
                 counted_at, took, stats = cached
-                if started - counted_at <= max(self.max_age_s, COUNT_TIME_RATIO * took):
+                if started - counted_at < self.reuse_factor * took:
                     return stats
             stats = self.store.stats(schema_id, recent_windows=0)
             if len(self._latest) >= MAX_FILTERS:
