@@ -26,6 +26,7 @@ from act.local import cli as local_commands
 from act.review import cli as review_commands
 from act.sampler import cli as sampler_commands
 from act.trainer import cli as trainer_commands
+from act.validation import validation_problems
 
 app = typer.Typer(
     name="actctl",
@@ -210,11 +211,7 @@ def _serve(service: str, flags: dict[str, object], backend_option: list[str] | N
     try:
         settings = settings_with_overrides(flags, parse_backend_options(backend_option or []))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        typer.echo(f"error: invalid settings: {problems}", err=True)
+        typer.echo(f"error: invalid settings: {validation_problems(exc)}", err=True)
         raise typer.Exit(code=2) from None
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

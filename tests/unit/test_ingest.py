@@ -161,10 +161,10 @@ def test_check_reports_every_bad_row_with_its_line_and_counts_the_good_ones(
     assert "not valid JSON" in where["2"]
     assert "expected a JSON object" in where["3"]
     assert "id is missing" in where["4"]
-    assert "is empty" in where["5"]
+    assert where["5"] == "item 'empty' is empty: it needs text or an image"
     assert "unknown field(s) ['txt']" in where["6"]
     assert "does not exist" in where["7"]
-    assert "not one Pillow can read" in where["8"]
+    assert where["8"] == "the image is not one Pillow can read (unknown format)"
     assert "not valid base64" in where["9"]
     assert "not both" in where["10"]
     assert "not the pipeline's schema" in where["11"]
@@ -231,6 +231,6 @@ def test_the_ingest_command_refuses_a_file_with_bad_rows_before_contacting_the_b
     )  # fmt: skip
 
     assert result.exit_code == 2
-    assert f"{source}:2: item: Value error, item 'b' is empty" in result.stderr
+    assert f"{source}:2: item 'b' is empty: it needs text or an image" in result.stderr
     assert f"{source}:3: id 'a' repeats (first at {source}:1)" in result.stderr
     assert "2 bad row(s)" in result.stderr and "nothing was sent" in result.stderr

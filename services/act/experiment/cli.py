@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from act.experiment.labelled import BUNDLED_DATASETS, DEFAULT_SIMULATED_AUROC, PAPER_ERROR_RATES
+from act.validation import validation_problems
 
 DEFAULT_BUDGETS = "0.25,0.5,1,1.1,1.5"
 QUICK_LIMIT = 400  # items of the bundled data set with `actctl demo --quick`
@@ -34,11 +35,7 @@ def bad_input_exits() -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:  # a ValueError too: caught first for its option names
-        problems = "; ".join(
-            f"{_option(str(error['loc'][-1]))}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        raise _fail(problems) from None
+        raise _fail(validation_problems(exc, name=lambda loc: _option(str(loc[-1])))) from None
     except ValueError as exc:
         raise _fail(str(exc)) from None
 

@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 
 from act.local.state import StateError, resolve_state_dir
+from act.validation import validation_problems
 
 StateDir = Annotated[
     Path | None,
@@ -142,10 +143,7 @@ def up(
             timeout_s=timeout,
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
+        problems = validation_problems(exc, name=lambda loc: f"--{str(loc[0]).replace('_', '-')}")
         raise _fail(problems, 2) from None
     started = time.monotonic()
     try:

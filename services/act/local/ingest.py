@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from act.inference.types import MAX_IMAGE_BYTES, Image, Item, item_to_proto
 from act.v1 import types_pb2
+from act.validation import validation_problems
 
 SourceFormat = Literal["jsonl", "csv", "parquet", "folder"]
 FIELDS = ("id", "text", "question", "image", "image_base64", "schema_id", "metadata")
@@ -272,7 +273,9 @@ def _mime_type(data: bytes) -> str:
         with PILImage.open(io.BytesIO(data)) as image:
             fmt = image.format
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        raise ValueError("the image is not one Pillow can read (unknown format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"the image is not one Pillow can read ({exc})") from None
     return PILImage.MIME.get(fmt or "", f"image/{(fmt or 'unknown').lower()}")
 
@@ -306,13 +309,6 @@ def _metadata(fields: dict[str, Any]) -> dict[str, str]:
     return metadata
 
 
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in error['loc']) or 'item'}: {error['msg']}"
-        for error in exc.errors(include_url=False)
-    )
-
-
 def to_item(row: Row, base_dir: Path, schema_id: str) -> IngestItem | RowError:
     """The item of one row, for the pipeline's label schema `schema_id`, or why not."""
     fields = row.fields
@@ -337,7 +333,7 @@ def to_item(row: Row, base_dir: Path, schema_id: str) -> IngestItem | RowError:
             metadata=_metadata(fields),
         )
     except ValidationError as exc:
-        return RowError(row.where, _validation_message(exc))
+        return RowError(row.where, validation_problems(exc))
     except ValueError as exc:
         return RowError(row.where, str(exc))
     return IngestItem(row.where, item, schema_id)

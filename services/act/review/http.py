@@ -52,6 +52,7 @@ from act.review.metrics import review_registry
 from act.review.shared_stats import SharedStats
 from act.review.store import ClaimedRecord, QueueStats, ReviewStore
 from act.v1 import bus_pb2
+from act.validation import validation_problems
 
 log = logging.getLogger("act.review.http")
 
@@ -348,10 +349,7 @@ class ReviewApi:
         try:
             return model.model_validate_json(raw or b"{}")
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-                for err in exc.errors(include_url=False)
-            )
+            problems = validation_problems(exc, whole="body")
             raise ApiError(422, "INVALID_ARGUMENT", f"invalid request body: {problems}") from None
 
     async def publish(self, review: bus_pb2.Review) -> None:

@@ -90,6 +90,7 @@ def build_policy(
     from act.core.transforms import TransformSpec
     from act.sampler.policy import SamplingPolicy
     from act.serving.settings import parse_backend_options
+    from act.validation import validation_problems
 
     if mode not in ("stream", "batch"):
         raise SettingsError(f"--mode must be stream or batch, got {mode!r}")
@@ -139,10 +140,7 @@ def build_policy(
             draw_method=draw_method,  # type: ignore[arg-type]
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
+        problems = validation_problems(exc, whole="settings")
         raise SettingsError(f"invalid sampler settings: {problems}") from None
     except (TypeError, KeyError) as exc:
         raise SettingsError(f"invalid sampler settings: {exc}") from None

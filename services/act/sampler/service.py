@@ -62,6 +62,7 @@ from act.inference.types import Item, item_from_proto
 from act.sampler.policy import PartitionSampler, SamplerState, SamplingPolicy, ScoredItem
 from act.sampler.scoring import Failed, Scorer
 from act.v1 import types_pb2
+from act.validation import validation_problems
 
 STATE_TOPIC = "act.sampler-state.v1"
 RECOVERY_ACTIONS = ("aborted", "rebuilt")
@@ -442,7 +443,7 @@ class SamplerWorker:
                 dead_letters.send(record, error)
                 self.metrics.items.labels(outcome="malformed").inc()
             except ValidationError as error:
-                dead_letters.send(record, _first_error(error), reason="invalid_item")
+                dead_letters.send(record, _invalid_item(error), reason="invalid_item")
                 self.metrics.items.labels(outcome="invalid").inc()
         chunks = [valid[i : i + self.micro_batch] for i in range(0, len(valid), self.micro_batch)]
         outcomes = self._loop.run_until_complete(
@@ -588,7 +589,5 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker.rebalanced(assigned)
 
 
-def _first_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    return f"invalid item: {where}: {first.get('msg', '')}"
+def _invalid_item(error: ValidationError) -> str:
+    return f"invalid item: {validation_problems(error)}"

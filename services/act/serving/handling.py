@@ -41,6 +41,7 @@ from act.serving.logs import ACCESS_LOGGER, log_fields
 from act.serving.metrics import ServiceMetrics
 from act.serving.settings import ServingSettings
 from act.v1 import info_pb2, types_pb2
+from act.validation import validation_problems
 
 MAX_DETAIL_BYTES = 4096
 MAX_INTERNAL_MESSAGE_CHARS = 300
@@ -59,12 +60,7 @@ def code_number(code: grpc.StatusCode) -> int:
 
 def describe_validation_error(exc: ValidationError, what: str) -> str:
     """A one-line message from a pydantic error: `invalid <what>: field: problem; ...`."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        location = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{location}: {message}" if location else message)
-    return f"invalid {what}: " + "; ".join(parts)
+    return f"invalid {what}: {validation_problems(exc)}"
 
 
 def internal_message(exc: BaseException) -> str:

@@ -24,10 +24,9 @@ def _fail(exc: Exception) -> None:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        message = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'input'}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
+        from act.validation import validation_problems
+
+        message = validation_problems(exc, whole="input")
     else:
         message = str(exc)
     typer.echo(f"error: {message}", err=True)
