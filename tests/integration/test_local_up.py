@@ -210,6 +210,19 @@ def test_down_kills_a_service_that_ignores_sigterm_and_its_child(tmp_path: Path)
     assert _left_alive([started.pid]) == []
 
 
+def test_up_refuses_a_budget_the_partitions_cannot_share_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "ACT_TOPIC_PARTITIONS": "3"}
+    up = _actctl(
+        "up", "--state-dir", str(tmp_path / "state"), "--kafka-bootstrap", "192.0.2.1:9092",
+        "--backend", "instant", "--budget-per-window", "2", env=env,
+    )  # fmt: skip
+    assert up.returncode == 2
+    assert "split over 3 partitions leaves 0.667 per partition window" in up.stderr
+    assert not (tmp_path / "state").exists()
+
+
 def test_up_without_a_reachable_broker_says_so_and_leaves_nothing(tmp_path: Path) -> None:
     # 192.0.2.0/24 is reserved for documentation: nothing answers there, and it is not a
     # loopback address, so up must not try to start a broker for it.

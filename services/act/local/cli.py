@@ -120,7 +120,7 @@ def up(
     from pydantic import ValidationError
 
     from act.local.stack import StackError
-    from act.local.system import AlreadyUp, UpError, UpOptions, bring_up
+    from act.local.system import AlreadyUp, UpError, UpOptions, bring_up, check_pacing
 
     console = _stderr()
     try:
@@ -145,6 +145,10 @@ def up(
     except ValidationError as exc:
         problems = validation_problems(exc, name=lambda loc: f"--{str(loc[0]).replace('_', '-')}")
         raise _fail(problems, 2) from None
+    try:
+        check_pacing(options)
+    except UpError as exc:
+        raise _fail(str(exc), 2) from None
     started = time.monotonic()
     try:
         result = bring_up(options, lambda line: console.print(line, markup=False))

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from act.local import processes, stack
 from act.local.probes import free_port, grpc_serving, http_ok
 from act.local.state import LocalRun, ServiceProcess, load, locked, remove, save
+from act.validation import validation_problems
 
 if TYPE_CHECKING:
     from act.inference.types import LabelSchema
@@ -203,6 +204,24 @@ def _up(run: LocalRun, options: UpOptions, state_dir: Path, echo: Echo) -> tuple
     run.complete = True
     save(run)
     return token, rotated
+
+
+def check_pacing(options: UpOptions) -> None:
+    """UpError when the sampler would refuse the budget: each of the topic's partitions
+    (`ACT_TOPIC_PARTITIONS`) needs at least one review per window of its share
+    (`PacerConfig.partition_share`). Checked before anything starts."""
+    from act.bus import BusSettings
+    from act.core.sampling import PacerConfig
+
+    try:
+        partitions = BusSettings().topic_partitions
+        PacerConfig(
+            budget_per_window=options.budget_per_window, window_items=options.window_items
+        ).partition_share(partitions)
+    except ValidationError as exc:
+        raise UpError(f"invalid settings: {validation_problems(exc)}") from None
+    except ValueError as exc:
+        raise UpError(f"--budget-per-window: {exc}") from None
 
 
 def _schema(schema_id: str) -> LabelSchema:
