@@ -359,7 +359,7 @@ def test_page_never_parses_content_as_markup() -> None:
     assert "<style" not in page and " style=" not in page and "onclick" not in page.lower()
 
 
-def test_metrics_report_queue_depth_agreement_and_window_budget_from_the_store(
+def test_metrics_report_queue_depth_agreement_time_to_review_and_window_budget(
     client: TestClient, token: str
 ) -> None:
     def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -375,6 +375,8 @@ def test_metrics_report_queue_depth_agreement_and_window_budget_from_the_store(
     assert before[("act_review_queue_depth", (("state", "pending"),))] == 2
     assert before[("act_review_queue_depth", (("state", "not_selected"),))] == 1
     assert ("act_review_agreement_ratio", ()) not in before  # nothing reviewed yet
+    assert before[("act_review_first_reviews_last_hour", ())] == 0
+    assert not [name for name, _ in before if name == "act_review_time_to_review_seconds"]
     [item] = claim(client, token, lease_seconds=60)
     response = client.post(
         f"/api/items/{item['item_id']}/review",
@@ -385,6 +387,11 @@ def test_metrics_report_queue_depth_agreement_and_window_budget_from_the_store(
     after = scrape()
     assert after[("act_review_queue_depth", (("state", "reviewed"),))] == 1
     assert after[("act_review_agreement_ratio", ())] == 1.0  # the machine said spam too
+    # Item 1 was decided at T0 - 10 min + 1 s and reviewed now, at T0.
+    assert after[("act_review_first_reviews_last_hour", ())] == 1
+    for quantile in ("0.5", "0.9", "0.99"):
+        key = ("act_review_time_to_review_seconds", (("quantile", quantile),))
+        assert after[key] == 599.0
     selected = [v for (name, _), v in after.items() if name == "act_review_budget_selected"]
     reviewed = [v for (name, _), v in after.items() if name == "act_review_budget_reviewed"]
     assert sum(selected) == 2 and sum(reviewed) == 1

@@ -588,6 +588,29 @@ def test_stats_give_the_windows_with_the_latest_decisions_in_time_order(
         store.stats(recent_windows=-1)
 
 
+def test_review_delays_are_the_last_hours_first_reviews(
+    store: ReviewStore, clock: FakeClock
+) -> None:
+    # Decided at T0 - 1 h + i s; item 0 first reviewed at T0, item 1 at T0 + 30 min, and
+    # item 2 at T0 + 2 h; item 1 is corrected later (its first review time stays).
+    store.upsert_decisions([make_decision(i) for i in range(4)])
+    for i, at in ((0, 0), (1, 1800), (2, 7200)):
+        clock.now = T0 + timedelta(seconds=at)
+        [claimed] = store.claim("alice", max_items=1)
+        assert claimed.item_id == f"item-{i:05d}"
+        store.submit(claimed.item_id, claimed.claim_id, "alice", "spam")
+    clock.now = T0 + timedelta(seconds=7300)
+    store.submit("item-00001", None, "alice", "ok", expected_revision=1)
+
+    # The last hour: item 2 only.
+    assert store.review_delays() == [3 * 3600 - 2]
+    # The last 2 h, latest first: items 2 and 1 (item 0's review is older).
+    assert store.review_delays(timedelta(hours=2)) == [3 * 3600 - 2, 5400 - 1]
+    assert store.review_delays(timedelta(hours=3), limit=1) == [3 * 3600 - 2]
+    with pytest.raises(InvalidArgument):
+        store.review_delays(timedelta(0))
+
+
 def test_stats_of_an_empty_store(store: ReviewStore) -> None:
     stats = store.stats()
     assert (stats.decisions, stats.pending, stats.windows) == (0, 0, ())

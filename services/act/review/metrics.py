@@ -2,7 +2,8 @@
 
 A custom collector queries `ReviewStore.stats()` on each scrape, so the figures are never
 stale and nothing is cached between scrapes: queue depth by state, the age of the oldest
-pending item (the time-to-review backlog), human–machine agreement on reviewed items, and
+pending item (the time-to-review backlog), the time from decision to first review of the last
+hour's reviews (quantiles), human–machine agreement on reviewed items, and
 the budget of each sampling window (reviews drawn against the expected spend sum(pi), and the
 decisions made after its hard cap was reached).
 """
@@ -11,11 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from act.review.store import ReviewStore
+
+# Time to review: quantiles over the first reviews of the last hour.
+TIME_TO_REVIEW_QUANTILES = (0.5, 0.9, 0.99)
 
 # Windows reported per scrape: those with the latest decisions, so label cardinality stays
 # bounded.
@@ -49,6 +54,26 @@ class ReviewStoreCollector(Collector):
                 "Share of reviewed items where the human label equals the machine label",
                 value=stats.agreement_rate,
             )
+        delays = self.store.review_delays()
+        if delays:
+            time_to_review = GaugeMetricFamily(
+                "act_review_time_to_review_seconds",
+                "Time from decision to first review, quantiles over the items first reviewed "
+                "in the last hour (at most the latest 10,000)",
+                labels=["quantile"],
+            )
+            for quantile, value in zip(
+                TIME_TO_REVIEW_QUANTILES,
+                np.quantile(delays, TIME_TO_REVIEW_QUANTILES),
+                strict=True,
+            ):
+                time_to_review.add_metric([f"{quantile:g}"], float(value))
+            yield time_to_review
+        yield GaugeMetricFamily(
+            "act_review_first_reviews_last_hour",
+            "Items first reviewed in the last hour (at most 10,000 counted)",
+            value=len(delays),
+        )
         selected = GaugeMetricFamily(
             "act_review_budget_selected",
             "Reviews drawn in a sampling window",

@@ -1166,6 +1166,24 @@ class ReviewStore:
             ),
         )
 
+    def review_delays(
+        self, within: timedelta = timedelta(hours=1), limit: int = 10_000
+    ) -> list[float]:
+        """Seconds from decision to first review, for the items first reviewed in the last
+        `within` (the latest `limit` of them; read through the first-review index)."""
+        if within <= timedelta(0) or limit < 1:
+            raise InvalidArgument("within must be positive and limit at least 1")
+        c = records.c
+        query = (
+            sa.select(c.decided_at, c.first_reviewed_at)
+            .where(c.first_reviewed_at.is_not(None), c.first_reviewed_at >= self._now() - within)
+            .order_by(c.first_reviewed_at.desc())
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [(reviewed - decided).total_seconds() for decided, reviewed in rows]
+
     # ------------------------------------------------------------------------- reviewers
 
     def add_reviewer(self, name: str) -> str:
