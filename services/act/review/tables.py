@@ -135,10 +135,11 @@ sa.Index(
 )
 sa.Index("ix_records_schema", records.c.schema_id, records.c.schema_version)
 sa.Index("ix_records_window", records.c.budget_id, records.c.window_id)
-# The latest first reviews (time to review), over reviewed records only.
+# The latest first reviews and their decision times (time to review), reviewed records only.
 sa.Index(
     "ix_records_first_reviewed",
     records.c.first_reviewed_at,
+    records.c.decided_at,
     postgresql_where=records.c.first_reviewed_at.is_not(None),
     sqlite_where=records.c.first_reviewed_at.is_not(None),
 )
