@@ -72,6 +72,18 @@ def _timed(step: Callable[[], int]) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
+def _measurement(
+    n: int, produced: tuple[float, float], consume: Callable[[], int], close: Callable[[], None]
+) -> Measurement:
+    """Times `consume` (then `close`s the consumer) and gives both steps per record."""
+    try:
+        consume_cpu, consume_wall = _timed(consume)
+    finally:
+        close()
+    produce_cpu, produce_wall = produced
+    return produce_cpu / n, consume_cpu / n, n / produce_wall, n / consume_wall
+
+
 def run_kafka_python(bootstrap: str, topic: str, records: list[Any]) -> Measurement:
     from kafka import KafkaConsumer
 
@@ -86,7 +98,7 @@ def run_kafka_python(bootstrap: str, topic: str, records: list[Any]) -> Measurem
         return len(records)
 
     try:
-        produce_cpu, produce_wall = _timed(produce)
+        produced = _timed(produce)
     finally:
         producer.close()
     consumer = KafkaConsumer(
@@ -107,12 +119,7 @@ def run_kafka_python(bootstrap: str, topic: str, records: list[Any]) -> Measurem
                     seen += 1
         return seen
 
-    try:
-        consume_cpu, consume_wall = _timed(consume)
-    finally:
-        consumer.close()
-    n = len(records)
-    return produce_cpu / n, consume_cpu / n, n / produce_wall, n / consume_wall
+    return _measurement(len(records), produced, consume, consumer.close)
 
 
 def run_confluent_kafka(bootstrap: str, topic: str, records: list[Any]) -> Measurement:
@@ -151,7 +158,7 @@ def run_confluent_kafka(bootstrap: str, topic: str, records: list[Any]) -> Measu
             raise KafkaException(f"not every record was delivered: {failures[:3]}")
         return len(records)
 
-    produce_cpu, produce_wall = _timed(produce)
+    produced = _timed(produce)
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -172,12 +179,7 @@ def run_confluent_kafka(bootstrap: str, topic: str, records: list[Any]) -> Measu
                 seen += 1
         return seen
 
-    try:
-        consume_cpu, consume_wall = _timed(consume)
-    finally:
-        consumer.close()
-    n = len(records)
-    return produce_cpu / n, consume_cpu / n, n / produce_wall, n / consume_wall
+    return _measurement(len(records), produced, consume, consumer.close)
 
 
 def main() -> int:
