@@ -156,6 +156,40 @@ def test_concurrent_writers_of_the_same_decisions_insert_each_once(fresh_databas
     with ReviewStore(fresh_database) as check:
         stats = check.stats()
     assert (stats.decisions, stats.selected) == (2000, 500)
+    # The writers added to the same window's counts concurrently: none was lost.
+    [window] = stats.windows
+    assert (window.decisions, window.selected, window.expected) == (2000, 500, 1000.0)
+
+
+def test_migration_3_counts_the_records_stored_before_it(fresh_database: str) -> None:
+    from act.review import ReviewStore, migrate
+    from act.review.migrations import MIGRATIONS
+    from act.review.store import decision_row
+    from act.review.tables import records
+
+    with ReviewStore(fresh_database, migrate=False) as older:
+        migrate(older.engine, migrations=MIGRATIONS[:2])  # a database of the previous release
+        rows = [decision_row(make_decision(i, delta=i % 4 == 0, pi=0.25), T0) for i in range(100)]
+        with older.engine.begin() as conn:
+            conn.execute(records.insert(), rows)
+    with ReviewStore(fresh_database) as upgraded:
+        stats = upgraded.stats()
+        assert (stats.decisions, stats.selected, stats.not_selected) == (100, 25, 75)
+        [window] = stats.windows
+        assert (window.decisions, window.selected, window.expected) == (100, 25, 25.0)
+        upgraded.upsert_decisions([make_decision(100 + i) for i in range(3)])
+        assert (upgraded.stats().decisions, upgraded.stats().selected) == (103, 28)
+        # Writers outside the store (an older release, an operator's SQL) move the counts too.
+        with upgraded.engine.begin() as conn:
+            conn.execute(
+                records.update()
+                .where(records.c.item_id.in_(["item-00000", "item-00004"]))
+                .values(state="reviewed", human_label="spam", unsure=True, revision=1)
+            )
+            conn.execute(records.delete().where(records.c.item_id == "item-00001"))
+        stats = upgraded.stats()
+        assert (stats.decisions, stats.selected, stats.reviewed) == (102, 28, 2)
+        assert (stats.unsure, stats.labelled, stats.agreement_rate) == (2, 2, 1.0)
 
 
 def test_queue_claim_submit_correct_and_audit(store, clock: FakeClock) -> None:

@@ -611,6 +611,209 @@ def test_review_delays_are_the_last_hours_first_reviews(
         store.review_delays(timedelta(0))
 
 
+def counts_over_the_records(engine: sa.Engine) -> dict[tuple[str, str, str], tuple]:
+    """(decisions, selected, capped, reviewed, unsure, labelled, agree, sum(pi), latest
+    decision) per window, counted over every record: what window_counts must hold."""
+    c = current_tables.records.c
+
+    def number_of(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+        return sa.func.sum(sa.case((condition, 1), else_=0))
+
+    reviewed = c.state == "reviewed"
+    query = sa.select(
+        c.schema_id,
+        c.budget_id,
+        c.window_id,
+        sa.func.count(),
+        number_of(c.delta),
+        number_of(c.capped),
+        number_of(reviewed),
+        number_of(sa.and_(reviewed, c.unsure)),
+        number_of(c.human_label.is_not(None)),
+        number_of(c.human_label == c.machine_label),
+        sa.func.sum(c.pi),
+        sa.func.max(c.decided_at),
+    ).group_by(c.schema_id, c.budget_id, c.window_id)
+    with engine.connect() as conn:
+        return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
+
+
+def kept_window_counts(engine: sa.Engine) -> dict[tuple[str, str, str], tuple]:
+    w = current_tables.window_counts.c
+    query = sa.select(
+        w.schema_id,
+        w.budget_id,
+        w.window_id,
+        w.decisions,
+        w.selected,
+        w.capped,
+        w.reviewed,
+        w.unsure,
+        w.labelled,
+        w.agree,
+        w.expected,
+        w.last_decided_at,
+    )
+    with engine.connect() as conn:
+        return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
+
+
+def assert_same_counts(kept: dict, counted: dict) -> None:
+    assert kept.keys() == counted.keys()
+    for key, (*numbers, expected, last) in counted.items():
+        assert list(kept[key][:7]) == numbers, key
+        assert kept[key][7] == pytest.approx(expected), key
+        # SQLite returns max() over its stored text; the kept column reads back as a datetime.
+        last = datetime.fromisoformat(last).replace(tzinfo=UTC) if isinstance(last, str) else last
+        assert kept[key][8] == last, key
+
+
+def decisions_of_two_schemas(count: int) -> list[bus_pb2.Decision]:
+    """Decisions over two schemas and three windows, with varied delta, pi and capped (a
+    capped decision has pi = 0 and delta = 0)."""
+    decisions = []
+    for i in range(count):
+        capped = i % 11 == 0
+        decision = make_decision(
+            i,
+            delta=i % 3 == 0 and not capped,
+            pi=0.0 if capped else (i % 10 + 1) / 10,
+            capped=capped,
+            window=f"w{i % 3}",
+        )
+        if i % 2:
+            decision.annotation.schema_id = decision.item.schema_id = "other-schema"
+        decisions.append(decision)
+    return decisions
+
+
+def test_window_counts_follow_the_stored_records(store: ReviewStore) -> None:
+    decisions = decisions_of_two_schemas(60)
+    store.upsert_decisions(decisions[:25])
+    # Redeliveries, a duplicate inside a batch and a conflicting decision add nothing.
+    conflicting = make_decision(3, pi=0.99)
+    store.upsert_decisions([*decisions[20:45], decisions[44], conflicting])
+    store.upsert_decisions(decisions[40:])
+    kept = kept_window_counts(store.engine)
+    assert sum(counts[0] for counts in kept.values()) == 60
+    assert_same_counts(kept, counts_over_the_records(store.engine))
+    stats = store.stats()
+    selected = [d for d in decisions if d.delta]
+    assert (stats.decisions, stats.selected) == (60, len(selected))
+    assert (stats.capped, stats.not_selected) == (6, 60 - len(selected))
+    other = store.stats(schema_id="other-schema")
+    assert (other.decisions, other.selected) == (30, sum(d.delta for d in decisions[1::2]))
+    # The windows of every schema together: w0 holds i = 0, 3, ..., 57.
+    w0 = next(w for w in stats.windows if w.window_id == "w0")
+    assert (w0.decisions, w0.selected) == (20, sum(d.delta for d in decisions[::3]))
+    assert w0.expected == pytest.approx(sum(d.pi for d in decisions[::3]))
+
+
+def test_window_counts_follow_reviews_and_corrections(store: ReviewStore, clock: FakeClock) -> None:
+    store.upsert_decisions(decisions_of_two_schemas(30))
+    labels = iter(["spam", "ok", "", "abuse", "spam", "ok", "spam"])
+    for claimed in store.claim("alice", max_items=7):
+        label = next(labels)
+        store.submit(
+            claimed.item_id, claimed.claim_id, "alice", label, unsure=not label, labels=LABELS
+        )
+    assert_same_counts(kept_window_counts(store.engine), counts_over_the_records(store.engine))
+    reviewed = [r for r in (store.get_record(f"item-{i:05d}") for i in range(30)) if r.revision]
+    # Corrections: to the machine's label, away from it, to unsure without a label.
+    for record, label in zip(reviewed[:3], ("spam", "abuse", ""), strict=True):
+        store.submit(
+            record.item_id,
+            None,
+            "bob",
+            label,
+            unsure=not label,
+            expected_revision=record.revision,
+            labels=LABELS,
+        )
+    assert_same_counts(kept_window_counts(store.engine), counts_over_the_records(store.engine))
+    # A released claim and an expired one change no count; both are pending again.
+    [released, expiring] = store.claim("carol", max_items=2)
+    store.release(released.item_id, released.claim_id, "carol")
+    assert store.stats().claimed == 1
+    assert store.get_record(expiring.item_id).claimed_by == "carol"
+    clock.advance(3600 * 24)
+    stats = store.stats()
+    assert (stats.reviewed, stats.claimed) == (7, 0)
+    assert stats.pending == stats.selected - 7
+    assert stats.labelled == sum(
+        r.human_label is not None
+        for r in map(store.get_record, (f"item-{i:05d}" for i in range(30)))
+    )
+    assert_same_counts(kept_window_counts(store.engine), counts_over_the_records(store.engine))
+
+
+def test_window_counts_follow_writers_outside_the_store(store: ReviewStore) -> None:
+    """The counts are kept by triggers: an older release's writer, or an operator's SQL,
+    inserting, changing or deleting records moves them too."""
+    records = current_tables.records
+    rows = [decision_row(d, T0) for d in decisions_of_two_schemas(20)]
+    with store.engine.begin() as conn:
+        conn.execute(records.insert(), rows)
+        conn.execute(
+            sa.update(records)
+            .where(records.c.item_id.in_(["item-00003", "item-00006"]))
+            .values(state="reviewed", human_label="spam", unsure=False, revision=1)
+        )
+        conn.execute(
+            sa.update(records)
+            .where(records.c.item_id == "item-00005")
+            .values(window_id="moved", pi=0.75)
+        )
+        conn.execute(sa.delete(records).where(records.c.item_id.in_(["item-00001", "item-00009"])))
+    counted = counts_over_the_records(store.engine)
+    assert sum(numbers[0] for numbers in counted.values()) == 18
+    assert_same_counts(kept_window_counts(store.engine), counted)
+
+
+def test_migration_3_counts_the_records_stored_before_it(tmp_path: Path) -> None:
+    from act.review.migrations import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'older.db'}"
+    decisions = decisions_of_two_schemas(40)
+    with ReviewStore(url, migrate=False) as older:
+        migrate(older.engine, migrations=MIGRATIONS[:2])  # a database of the previous release
+        with older.engine.begin() as conn:
+            conn.execute(current_tables.records.insert(), [decision_row(d, T0) for d in decisions])
+            # Reviews of selected items: the machine's label, another, unsure without one.
+            for i, label in ((3, "spam"), (6, "ok"), (9, None)):
+                conn.execute(
+                    sa.update(current_tables.records)
+                    .where(current_tables.records.c.item_id == f"item-{i:05d}")
+                    .values(
+                        state="reviewed",
+                        human_label=label,
+                        unsure=label is None,
+                        reviewer="alice",
+                        first_reviewed_at=T0,
+                        reviewed_at=T0,
+                        revision=1,
+                    )
+                )
+        assert migrate(older.engine) == [3]
+        counted = counts_over_the_records(older.engine)
+        assert_same_counts(kept_window_counts(older.engine), counted)
+        assert sum(counts[0] for counts in counted.values()) == 40
+        stats = older.stats()
+        assert (stats.reviewed, stats.labelled, stats.unsure, stats.agreement_rate) == (
+            3,
+            2,
+            1,
+            0.5,
+        )
+    with ReviewStore(url) as upgraded:  # and keeps counting from there
+        upgraded.upsert_decisions([make_decision(40 + i, delta=True) for i in range(5)])
+        stats = upgraded.stats()
+        assert (stats.decisions, stats.selected) == (45, sum(d.delta for d in decisions) + 5)
+        assert_same_counts(
+            kept_window_counts(upgraded.engine), counts_over_the_records(upgraded.engine)
+        )
+
+
 def test_stats_of_an_empty_store(store: ReviewStore) -> None:
     stats = store.stats()
     assert (stats.decisions, stats.pending, stats.windows) == (0, 0, ())

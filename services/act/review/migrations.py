@@ -168,10 +168,164 @@ def _v2_first_reviewed_index(conn: Connection) -> None:
     ).create(conn)
 
 
+# What one record adds to its window's counts (window_counts columns), as SQL templates over
+# a row named {r}; capped and delta are booleans on PostgreSQL and 0/1 on SQLite, CASE reads both.
+_V3_ADDS = {
+    "decisions": "1",
+    "selected": "CASE WHEN {r}.delta THEN 1 ELSE 0 END",
+    "capped": "CASE WHEN {r}.capped THEN 1 ELSE 0 END",
+    "expected": "{r}.pi",
+    "reviewed": "CASE WHEN {r}.state = 'reviewed' THEN 1 ELSE 0 END",
+    "unsure": "CASE WHEN {r}.state = 'reviewed' AND {r}.unsure THEN 1 ELSE 0 END",
+    "labelled": "CASE WHEN {r}.state = 'reviewed' AND {r}.human_label IS NOT NULL "
+    "THEN 1 ELSE 0 END",
+    "agree": "CASE WHEN {r}.state = 'reviewed' AND {r}.human_label = {r}.machine_label "
+    "THEN 1 ELSE 0 END",
+}
+# The record columns those read, and the window's key.
+_V3_READS = (
+    "schema_id",
+    "budget_id",
+    "window_id",
+    "delta",
+    "capped",
+    "pi",
+    "decided_at",
+    "state",
+    "unsure",
+    "human_label",
+    "machine_label",
+)
+_V3_KEY = "schema_id, budget_id, window_id"
+_V3_COUNTS = ", ".join(_V3_ADDS)
+
+
+def _v3_sums(rows: str) -> str:
+    """Per window, the signed sums of what the rows of `rows` (a relation with a `sign` column
+    and `_V3_READS`) add, and their latest decision time."""
+    sums = ", ".join(f"sum(r.sign * ({add.format(r='r')}))" for add in _V3_ADDS.values())
+    return (
+        f"SELECT {_V3_KEY}, {sums}, max(r.decided_at) FROM ({rows}) AS r "
+        f"GROUP BY {_V3_KEY} ORDER BY {_V3_KEY}"
+    )
+
+
+def _v3_postgres_triggers(conn: Connection) -> None:
+    """Statement-level triggers (one aggregate per INSERT, COPY, UPDATE or DELETE statement,
+    over its transition tables) that add each statement's change to window_counts. An UPDATE
+    counts only the rows whose counted values changed (a claim or a release changes none)."""
+    reads = ", ".join(_V3_READS)
+    same = " AND ".join(f"o.{column} IS NOT DISTINCT FROM n.{column}" for column in _V3_READS)
+    updated = (
+        f"SELECT 1 AS sign, {reads} FROM new_records AS n WHERE NOT EXISTS "
+        f"(SELECT FROM old_records AS o WHERE o.item_id = n.item_id AND {same}) "
+        f"UNION ALL SELECT -1, {reads} FROM old_records AS o WHERE NOT EXISTS "
+        f"(SELECT FROM new_records AS n WHERE n.item_id = o.item_id AND {same})"
+    )
+    adds = ", ".join(f"{column} = w.{column} + excluded.{column}" for column in _V3_ADDS)
+    changes = {
+        "insert": ("NEW TABLE AS new_records", f"SELECT 1 AS sign, {reads} FROM new_records"),
+        "update": ("OLD TABLE AS old_records NEW TABLE AS new_records", updated),
+        "delete": ("OLD TABLE AS old_records", f"SELECT -1 AS sign, {reads} FROM old_records"),
+    }
+    for event, (transition, rows) in changes.items():
+        conn.exec_driver_sql(
+            f"CREATE FUNCTION act_count_records_{event}() RETURNS trigger LANGUAGE plpgsql "
+            f"AS $$ BEGIN "
+            f"INSERT INTO window_counts AS w ({_V3_KEY}, {_V3_COUNTS}, last_decided_at) "
+            f"{_v3_sums(rows)} "
+            f"ON CONFLICT ({_V3_KEY}) DO UPDATE SET {adds}, "
+            f"last_decided_at = GREATEST(w.last_decided_at, excluded.last_decided_at); "
+            f"RETURN NULL; END $$"
+        )
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER records_counted_on_{event} AFTER {event.upper()} ON records "
+            f"REFERENCING {transition} FOR EACH STATEMENT "
+            f"EXECUTE FUNCTION act_count_records_{event}()"
+        )
+
+
+def _v3_sqlite_triggers(conn: Connection) -> None:
+    """Row-level triggers (SQLite has no other kind) that add each inserted, changed or
+    deleted record to window_counts; an update only when a counted value changed."""
+
+    def upsert(sign: int, row: str) -> str:
+        values = ", ".join(f"{sign} * ({add.format(r=row)})" for add in _V3_ADDS.values())
+        adds = ", ".join(f"{column} = {column} + excluded.{column}" for column in _V3_ADDS)
+        keys = ", ".join(f"{row}.{column}" for column in _V3_KEY.split(", "))
+        return (
+            f"INSERT INTO window_counts ({_V3_KEY}, {_V3_COUNTS}, last_decided_at) "
+            f"VALUES ({keys}, {values}, {row}.decided_at) "
+            f"ON CONFLICT ({_V3_KEY}) DO UPDATE SET {adds}, "
+            f"last_decided_at = max(last_decided_at, excluded.last_decided_at);"
+        )
+
+    changed = " OR ".join(f"OLD.{column} IS NOT NEW.{column}" for column in _V3_READS)
+    for event, when, body in (
+        ("insert", "", upsert(1, "NEW")),
+        ("update", f"WHEN {changed} ", upsert(-1, "OLD") + " " + upsert(1, "NEW")),
+        ("delete", "", upsert(-1, "OLD")),
+    ):
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER records_counted_on_{event} AFTER {event.upper()} ON records "
+            f"FOR EACH ROW {when}BEGIN {body} END"
+        )
+
+
+def _v3_window_counts(conn: Connection) -> None:
+    """window_counts: per (schema, budget, window), the decisions, selected, capped, sum(pi),
+    the latest decision time, and the reviewed records (unsure, labelled, agreeing with the
+    machine). Triggers on records keep it, whoever writes (a replica of an older release
+    during a rolling upgrade too); it is filled from the records stored so far (one scan of
+    the table) after the triggers exist, in the same transaction, whose lock on records
+    (PostgreSQL's trigger creation, SQLite's write lock) lets no write fall in between. And an
+    index of the claimed records by lease end."""
+    counts = sa.Table(
+        "window_counts",
+        sa.MetaData(),
+        sa.Column("schema_id", sa.String(200), primary_key=True),
+        sa.Column("budget_id", sa.String(200), primary_key=True),
+        sa.Column("window_id", sa.String(200), primary_key=True),
+        sa.Column("decisions", sa.BigInteger, nullable=False),
+        sa.Column("selected", sa.BigInteger, nullable=False),
+        sa.Column("capped", sa.BigInteger, nullable=False),
+        sa.Column("expected", sa.Double, nullable=False),
+        sa.Column("last_decided_at", UTCDateTime, nullable=False),
+        sa.Column("reviewed", sa.BigInteger, nullable=False),
+        sa.Column("unsure", sa.BigInteger, nullable=False),
+        sa.Column("labelled", sa.BigInteger, nullable=False),
+        sa.Column("agree", sa.BigInteger, nullable=False),
+    )
+    counts.create(conn)
+    if conn.dialect.name == "postgresql":
+        _v3_postgres_triggers(conn)
+    else:
+        _v3_sqlite_triggers(conn)
+    conn.exec_driver_sql(
+        f"INSERT INTO window_counts ({_V3_KEY}, {_V3_COUNTS}, last_decided_at) "
+        + _v3_sums(f"SELECT 1 AS sign, {', '.join(_V3_READS)} FROM records")
+    )
+    records = sa.Table(
+        "records",
+        sa.MetaData(),
+        sa.Column("item_id", sa.String(512), primary_key=True),
+        sa.Column("state", sa.String(16)),
+        sa.Column("lease_expires_at", UTCDateTime),
+    )
+    claimed = records.c.state == "claimed"
+    sa.Index(
+        "ix_records_claimed",
+        records.c.lease_expires_at,
+        postgresql_where=claimed,
+        sqlite_where=claimed,
+    ).create(conn)
+
+
 # Ordered by version; append new steps, never edit a released one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, reviews_audit, reviewers, label_schemas", _v1_initial),
     Migration(2, "index of the records' first review times", _v2_first_reviewed_index),
+    Migration(3, "counts of the decisions and reviews per window", _v3_window_counts),
 )
 
 _versions = [m.version for m in MIGRATIONS]

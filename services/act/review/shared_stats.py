@@ -1,14 +1,14 @@
 """Queue statistics shared by the clients of one review server.
 
-`ReviewStore.stats` counts over the whole records table. The reviewer UI asks for it after every
-label and while it waits for work, so with many reviewers on a large table the server would
-count the table once per reviewer action. `SharedStats` reuses a count for `reuse_factor` times
-as long as it took (one per schema filter; concurrent callers wait for the count in progress):
-counting then takes at most 1/(1 + reuse_factor) of the database's time, however many reviewers
-and however large the table. A small table counts in milliseconds, so the figures stay current
-(a reviewer sees their own label counted); on the local PostgreSQL a count of 1,000,000 records
-took 0.9-1.6 s, so with the default factor 10 the figures are then up to 10-16 s old. The
-Prometheus collector does not use it (a scrape is rare and wants the current figures).
+The reviewer UI asks for `ReviewStore.stats` after every label and while it waits for work, so
+with many reviewers the server would read the counts once per reviewer action. `SharedStats`
+reuses a count for `reuse_factor` times as long as it took (one per schema filter; concurrent
+callers wait for the count in progress): reading counts then takes at most 1/(1 + reuse_factor)
+of the database's time, however many reviewers. The counts come from the per-window counts
+the database keeps (milliseconds: 7.5 ms at 1,000,000 records on the local PostgreSQL,
+docs/operations.md), so the figures stay current (a reviewer sees their own label
+counted). The Prometheus collector does not use it (a scrape is rare and wants the current
+figures).
 """
 
 from __future__ import annotations

@@ -58,7 +58,14 @@ from act.review.errors import (
     UnknownReviewer,
     UnknownSchema,
 )
-from act.review.tables import label_schemas, records, reviewers, reviews_audit
+from act.review.tables import (
+    QUEUED_STATES,
+    label_schemas,
+    records,
+    reviewers,
+    reviews_audit,
+    window_counts,
+)
 from act.v1 import bus_pb2, types_pb2
 
 log = logging.getLogger("act.review.store")
@@ -529,6 +536,14 @@ class ReviewStore:
     def _read(self) -> Connection:
         """A connection for read-only work (on SQLite: a DEFERRED transaction, no write lock)."""
         return self._engine.connect().execution_options(**{READ_ONLY: True})
+
+    def _snapshot(self) -> Connection:
+        """`_read`, with every statement of its transaction seeing the same snapshot (SQLite's
+        read transactions always do; PostgreSQL's default gives each statement its own)."""
+        conn = self._read()
+        if self.dialect == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        return conn
 
     # ------------------------------------------------------------------------- decisions
 
@@ -1087,82 +1102,84 @@ class ReviewStore:
     ) -> QueueStats:
         """Counts by state, oldest pending age, agreement, and budget spent per window.
 
+        Counts come from `window_counts` (a row per window), the live claims from their
+        partial index, the oldest pending item from the queue's index: no query counts the
+        records, so the cost follows the number of windows and of live claims, not the stream
+        or the reviews. All from one snapshot.
+
         `recent_windows` limits the windows to that many, those whose last decision is the
-        latest (in that order, oldest first): None gives every window, 0 none (and skips
-        their query, a scan of the records grouped by window).
+        latest (in that order, oldest first): None gives every window, 0 none.
         """
         if recent_windows is not None and recent_windows < 0:
             raise InvalidArgument(f"recent_windows must be >= 0, got {recent_windows}")
         now = self._now()
-        c = records.c
-        pending = sa.or_(
-            c.state == "pending", sa.and_(c.state == "claimed", c.lease_expires_at <= now)
-        )
-        claimed = sa.and_(c.state == "claimed", c.lease_expires_at > now)
-        reviewed = c.state == "reviewed"
-        labelled = sa.and_(reviewed, c.human_label.is_not(None))
-        count = sa.func.count
-        totals = sa.select(
-            count().label("decisions"),
-            count().filter(c.state == "not_selected").label("not_selected"),
-            count().filter(c.delta).label("selected"),
-            count().filter(pending).label("pending"),
-            count().filter(claimed).label("claimed"),
-            count().filter(reviewed).label("reviewed"),
-            count().filter(sa.and_(reviewed, c.unsure)).label("unsure"),
-            count().filter(c.capped).label("capped"),
-            count().filter(labelled).label("labelled"),
-            count().filter(sa.and_(labelled, c.human_label == c.machine_label)).label("agree"),
-            sa.func.min(sa.case((pending, c.decided_at))).label("oldest_pending"),
-            sa.func.count(sa.distinct(sa.case((claimed, c.claimed_by)))).label("active"),
+        c, w = records.c, window_counts.c
+
+        def total(column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+            # PostgreSQL sums bigints as numeric: cast back to an integer.
+            return sa.cast(sa.func.coalesce(sa.func.sum(column), 0), sa.BigInteger)
+
+        counted = (w.decisions, w.selected, w.capped, w.reviewed, w.unsure, w.labelled, w.agree)
+        totals = sa.select(*(total(column).label(column.name) for column in counted))
+        live_claims = sa.select(
+            sa.func.count().label("claimed"),
+            sa.func.count(sa.distinct(c.claimed_by)).label("active"),
+        ).where(c.state == "claimed", c.lease_expires_at > now)
+        oldest_pending = (
+            sa.select(c.decided_at)
+            .where(
+                c.state.in_(QUEUED_STATES),
+                sa.or_(c.state == "pending", c.lease_expires_at <= now),
+            )
+            .order_by(c.decided_at, c.item_id)
+            .limit(1)
         )
         windows = (
             sa.select(
-                c.budget_id,
-                c.window_id,
-                count().label("decisions"),
-                count().filter(c.delta).label("selected"),
-                sa.func.coalesce(sa.func.sum(c.pi), 0.0).label("expected"),
-                count().filter(c.capped).label("capped"),
-                count().filter(reviewed).label("reviewed"),
+                w.budget_id,
+                w.window_id,
+                *(total(column).label(column.name) for column in counted[:4]),
+                sa.func.sum(w.expected).label("expected"),
             )
-            .group_by(c.budget_id, c.window_id)
-            .order_by(sa.func.max(c.decided_at).desc(), c.budget_id.desc(), c.window_id.desc())
+            .group_by(w.budget_id, w.window_id)
+            .order_by(sa.func.max(w.last_decided_at).desc(), w.budget_id.desc(), w.window_id.desc())
             .limit(recent_windows)
         )
         if schema_id:
-            totals = totals.where(c.schema_id == schema_id)
-            windows = windows.where(c.schema_id == schema_id)
-        with self._read() as conn:
+            totals = totals.where(w.schema_id == schema_id)
+            live_claims = live_claims.where(c.schema_id == schema_id)
+            oldest_pending = oldest_pending.where(c.schema_id == schema_id)
+            windows = windows.where(w.schema_id == schema_id)
+        with self._snapshot() as conn:
             t = conn.execute(totals).one()
+            claims = conn.execute(live_claims).one()
+            oldest = conn.execute(oldest_pending).scalar_one_or_none()
             spend = conn.execute(windows).all()[::-1] if recent_windows != 0 else []
-        oldest = t.oldest_pending
-        if isinstance(oldest, str):  # SQLite returns the aggregate as text
-            oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
         return QueueStats(
             decisions=t.decisions,
-            not_selected=t.not_selected,
+            not_selected=t.decisions - t.selected,
             selected=t.selected,
-            pending=t.pending,
-            claimed=t.claimed,
+            # Expired claims count as pending.
+            pending=t.selected - t.reviewed - claims.claimed,
+            claimed=claims.claimed,
             reviewed=t.reviewed,
             unsure=t.unsure,
             capped=t.capped,
             oldest_pending_age=(now - oldest) if oldest is not None else None,
-            active_reviewers=t.active,
+            active_reviewers=claims.active,
             agreement_rate=(t.agree / t.labelled) if t.labelled else None,
             labelled=t.labelled,
             windows=tuple(
                 WindowSpend(
-                    budget_id=w.budget_id,
-                    window_id=w.window_id,
-                    decisions=w.decisions,
-                    selected=w.selected,
-                    expected=float(w.expected),
-                    capped=w.capped,
-                    reviewed=w.reviewed,
+                    budget_id=s.budget_id,
+                    window_id=s.window_id,
+                    decisions=s.decisions,
+                    selected=s.selected,
+                    expected=float(s.expected),
+                    capped=s.capped,
+                    reviewed=s.reviewed,
                 )
-                for w in spend
+                for s in spend
             ),
         )
 

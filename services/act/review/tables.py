@@ -133,6 +133,13 @@ sa.Index(
     postgresql_where=records.c.state.in_(QUEUED_STATES),
     sqlite_where=records.c.state.in_(QUEUED_STATES),
 )
+# The live claims, by lease end: the claimed count reads only these.
+sa.Index(
+    "ix_records_claimed",
+    records.c.lease_expires_at,
+    postgresql_where=records.c.state == "claimed",
+    sqlite_where=records.c.state == "claimed",
+)
 sa.Index("ix_records_schema", records.c.schema_id, records.c.schema_version)
 sa.Index("ix_records_window", records.c.budget_id, records.c.window_id)
 # The latest first reviews and their decision times (time to review), reviewed records only.
@@ -142,6 +149,28 @@ sa.Index(
     records.c.decided_at,
     postgresql_where=records.c.first_reviewed_at.is_not(None),
     sqlite_where=records.c.first_reviewed_at.is_not(None),
+)
+
+# Counts per (schema, budget, window) of the stored decisions and of their reviews, kept by
+# triggers on records (migration 3) in the transactions that write them, whoever writes:
+# `ReviewStore.stats` reads these few rows instead of counting every record on each scrape.
+window_counts = sa.Table(
+    "window_counts",
+    metadata,
+    sa.Column("schema_id", sa.String(200), primary_key=True),
+    sa.Column("budget_id", sa.String(200), primary_key=True),
+    sa.Column("window_id", sa.String(200), primary_key=True),
+    sa.Column("decisions", sa.BigInteger, nullable=False),
+    sa.Column("selected", sa.BigInteger, nullable=False),
+    sa.Column("capped", sa.BigInteger, nullable=False),
+    # Sum of pi: the window's expected spend.
+    sa.Column("expected", sa.Double, nullable=False),
+    sa.Column("last_decided_at", UTCDateTime, nullable=False),
+    # Reviewed records; of them unsure, with a human label, and with the machine's label.
+    sa.Column("reviewed", sa.BigInteger, nullable=False),
+    sa.Column("unsure", sa.BigInteger, nullable=False),
+    sa.Column("labelled", sa.BigInteger, nullable=False),
+    sa.Column("agree", sa.BigInteger, nullable=False),
 )
 
 reviews_audit = sa.Table(
