@@ -2,7 +2,8 @@
 headless Chromium (Debian's /usr/bin/chromium, `apt-get install -y chromium`) driven by
 Playwright for Python (`pip install playwright`; no `playwright install`: the system Chromium is
 used). Logs in with a reviewer token, labels an item with a keyboard shortcut and checks the
-label and its audit row in the store; an unauthenticated API call gets 401.
+label and its audit row in the store, changes that label again ("z", a correction), and skips
+an item; an unauthenticated API call gets 401.
 
 Skipped when Chromium or Playwright is missing, except under CI (env CI set), where it fails.
 """
@@ -186,6 +187,38 @@ def test_label_with_keyboard_shortcut(sync_playwright, expect, server: ReviewSer
                 "alice",
                 1,
             )
+
+            # "z" reopens the last reviewed item to change its label: "1" makes it "ok" (a
+            # correction of revision 1, audited), and the waiting item comes back, still
+            # claimed by alice under the same claim.
+            held = store.get_record("item-2")
+            page.keyboard.press("z")
+            expect(page.locator("#correction")).to_be_visible()
+            expect(page.locator("#item-id")).to_have_text("item-1")
+            assert page.text_content("#correction-was") == "spam, unsure"
+            assert not page.is_visible("#skip")
+            page.keyboard.press("1")
+            expect(page.locator("#item-id")).to_have_text("item-2")
+            assert not page.is_visible("#correction")
+            record = store.get_record("item-1")
+            assert (record.human_label, record.unsure, record.revision) == ("ok", False, 2)
+            assert [(e.action, e.label, e.previous_label) for e in store.audit_trail("item-1")] == [
+                ("review", "spam", None),
+                ("correction", "ok", "spam"),
+            ]
+            assert page.text_content("#session-count") == "1"  # a change is not a new review
+            still = store.get_record("item-2")
+            assert (still.state, still.claimed_by, still.lease_expires_at) == (
+                "claimed",
+                "alice",
+                held.lease_expires_at,
+            )
+            # Esc leaves a reopened item unchanged.
+            page.keyboard.press("z")
+            expect(page.locator("#correction-was")).to_have_text("ok")
+            page.keyboard.press("Escape")
+            expect(page.locator("#item-id")).to_have_text("item-2")
+            assert store.get_record("item-1").revision == 2
 
             # "s" skips: the item goes back to the queue (audited as a release), and the
             # queue hands it out again.

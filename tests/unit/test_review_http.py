@@ -225,6 +225,37 @@ def test_claim_review_stores_label_with_audit_trail(
     assert (stats["selected"], stats["reviewed"], stats["pending"]) == (2, 1, 1)
 
 
+def test_a_reviewer_sees_their_own_changes_in_the_stats(store: ReviewStore, token: str) -> None:
+    """Counts are reused between calls (here for ever), but never past the caller's own claim,
+    review or release; another reviewer's reads reuse them."""
+    app = create_app(store, ApiOptions(stats_reuse_factor=1e12))
+    other = store.add_reviewer("bob")
+    with TestClient(app) as client:
+
+        def counts(reviewer_token: str) -> tuple[int, int, int]:
+            stats = client.get("/api/stats", headers=auth(reviewer_token)).json()
+            return stats["pending"], stats["claimed"], stats["reviewed"]
+
+        assert counts(token) == (2, 0, 0)
+        [item] = claim(client, token)
+        assert counts(other) == (2, 0, 0)  # bob changed nothing: the count is reused
+        assert counts(token) == (1, 1, 0)
+        client.post(
+            f"/api/items/{item['item_id']}/review",
+            json={"claim_id": item["claim_id"], "label": "ok"},
+            headers=auth(token),
+        ).raise_for_status()
+        assert counts(token) == (1, 0, 1)
+        [item] = claim(client, token)
+        assert counts(token) == (0, 1, 1)
+        client.post(
+            f"/api/items/{item['item_id']}/release",
+            json={"claim_id": item["claim_id"]},
+            headers=auth(token),
+        ).raise_for_status()
+        assert counts(token) == (1, 0, 1)
+
+
 def test_machine_label_shown_when_configured(store: ReviewStore, token: str) -> None:
     app = create_app(store, ApiOptions(show_machine_label=True))
     with TestClient(app) as client:

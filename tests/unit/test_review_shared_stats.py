@@ -56,9 +56,26 @@ def test_a_count_is_reused_for_the_factor_times_its_duration(counting: CountingS
     assert counting.calls == [(None, 0), (None, 0), ("digits", 0)]
 
 
+def test_a_reviewer_who_changed_the_queue_gets_a_count_started_after_the_change(
+    counting: CountingStore,
+) -> None:
+    counting.count_seconds = 3.0
+    shared = _shared(counting)
+    before = shared.get()  # counted from t=0 to t=3, reusable until t=33
+    counting.now = 5.0
+    shared.wrote("alice")  # alice labels an item
+    counting.now = 6.0
+    assert shared.get(reviewer="bob") is before  # bob changed nothing: reused
+    mine = shared.get(reviewer="alice")  # counted again, from t=6: includes her label
+    assert mine is not before and len(counting.calls) == 2
+    counting.now = 10.0
+    assert shared.get(reviewer="alice") is mine  # no change of hers since: reused
+    assert shared.get(reviewer="bob") is mine and shared.get() is mine
+    assert len(counting.calls) == 2
+
+
 def test_a_quick_count_is_not_reused_once_time_has_passed(counting: CountingStore) -> None:
-    """A small table counts in milliseconds: the next action a moment later sees new counts
-    (a reviewer's own label is counted)."""
+    """A small table counts in milliseconds: a moment later the counts are read again."""
     counting.count_seconds = 0.002
     shared = _shared(counting)
     shared.get()

@@ -126,6 +126,7 @@ class ReviewQueueServicer(review_queue_pb2_grpc.ReviewQueueServicer):
         records = await self._call(
             context, self.store.claim, reviewer, max_items, lease, request.schema_id or None
         )
+        self.shared_stats.wrote(reviewer)
         return review_queue_pb2.ClaimResponse(items=[self._claimed_item(r) for r in records])
 
     async def Submit(
@@ -149,6 +150,7 @@ class ReviewQueueServicer(review_queue_pb2_grpc.ReviewQueueServicer):
             )
 
         review = await self._call(context, submit)
+        self.shared_stats.wrote(reviewer)
         if self.on_review is not None:
             try:
                 result = self.on_review(review)
@@ -172,13 +174,16 @@ class ReviewQueueServicer(review_queue_pb2_grpc.ReviewQueueServicer):
             reviewer,
             request.reason or "released",
         )
+        self.shared_stats.wrote(reviewer)
         return review_queue_pb2.ReleaseResponse(released=released)
 
     async def Stats(
         self, request: review_queue_pb2.StatsRequest, context: grpc.aio.ServicerContext
     ) -> review_queue_pb2.QueueStats:
-        await self._reviewer(context, "")
-        stats = await self._call(context, self.shared_stats.get, request.schema_id or None)
+        reviewer = await self._reviewer(context, "")
+        stats = await self._call(
+            context, self.shared_stats.get, request.schema_id or None, reviewer
+        )
         out = review_queue_pb2.QueueStats(
             decisions=stats.decisions,
             selected=stats.selected,

@@ -397,6 +397,7 @@ class ReviewApi:
         records = await run_in_threadpool(
             self.store.claim, reviewer, body.max_items, lease, body.schema_id or None
         )
+        self.shared_stats.wrote(reviewer)
         items = [claimed_item_json(r, opts.show_machine_label) for r in records]
         return JSONResponse({"items": items})
 
@@ -423,6 +424,7 @@ class ReviewApi:
             )
 
         review = await run_in_threadpool(submit)
+        self.shared_stats.wrote(reviewer)
         await self.publish(review)
         return JSONResponse({"review": review_json(review)})
 
@@ -433,12 +435,13 @@ class ReviewApi:
         released = await run_in_threadpool(
             self.store.release, item_id, body.claim_id, reviewer, body.reason or "released"
         )
+        self.shared_stats.wrote(reviewer)
         return JSONResponse({"released": released})
 
     async def stats(self, request: Request) -> Response:
-        await self.reviewer(request)
+        reviewer = await self.reviewer(request)
         schema_id = request.query_params.get("schema_id") or None
-        stats = await run_in_threadpool(self.shared_stats.get, schema_id)
+        stats = await run_in_threadpool(self.shared_stats.get, schema_id, reviewer)
         return JSONResponse(stats_json(stats))
 
 

@@ -1,18 +1,20 @@
 """Queue statistics shared by the clients of one review server.
 
-The reviewer UI asks for `ReviewStore.stats` after every label and while it waits for work, so
-with many reviewers the server would read the counts once per reviewer action. `SharedStats`
-reuses a count for `reuse_factor` times as long as it took (one per schema filter; concurrent
-callers wait for the count in progress): reading counts then takes at most 1/(1 + reuse_factor)
-of the database's time, however many reviewers. The counts come from the per-window counts
-the database keeps (milliseconds: 7.5 ms at 1,000,000 records on the local PostgreSQL,
-docs/operations.md), so the figures stay current (a reviewer sees their own label
-counted). The Prometheus collector does not use it (a scrape is rare and wants the current
-figures).
+The reviewer UI asks for `ReviewStore.stats` after every label and while it waits for work.
+`SharedStats` reuses a count for `reuse_factor` times as long as it took (one per schema filter;
+concurrent callers wait for the count in progress), with one exception: a reviewer who has
+just changed the queue (`wrote`: a claim, a review, a release) is never given a count that
+started before that change, so they see their own label counted. Reads without a change of
+one's own (waiting for work, dashboards on the API) then take at most 1/(1 + reuse_factor) of
+the database's time, and each change at most one count more. A count reads the per-window
+counts the database keeps: 7.5 ms at 1,000,000 records on the local PostgreSQL
+(docs/operations.md). The Prometheus collector does not use it (a scrape is rare and wants the
+current figures).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -36,21 +38,29 @@ class SharedStats:
         self.reuse_factor = reuse_factor
         self._clock = clock
         self._lock = threading.Lock()
-        # schema filter -> (when counted, how long it took, the counts)
+        # schema filter -> (when the count started, when it ended, the counts)
         self._latest: dict[str | None, tuple[float, float, QueueStats]] = {}
+        # reviewer -> when their latest change of the queue was done (authenticated names)
+        self._writes: dict[str, float] = {}
 
-    def get(self, schema_id: str | None = None) -> QueueStats:
-        """The queue's counts (no windows: `recent_windows=0`), reused as the module says."""
+    def wrote(self, reviewer: str) -> None:
+        """Notes that `reviewer` has just changed the queue (after the store's call returned)."""
+        self._writes[reviewer] = self._clock()
+
+    def get(self, schema_id: str | None = None, reviewer: str | None = None) -> QueueStats:
+        """The queue's counts (no windows: `recent_windows=0`), reused as the module says; for
+        `reviewer`, only a count that started after their latest change."""
+        written = self._writes.get(reviewer, -math.inf) if reviewer is not None else -math.inf
         with self._lock:  # one count at a time; the callers waiting for it then reuse it
-            started = self._clock()
+            now = self._clock()
             cached = self._latest.get(schema_id)
             if cached is not None:
-                counted_at, took, stats = cached
-                if started - counted_at < self.reuse_factor * took:
+                started, finished, stats = cached
+                if started > written and now - finished < self.reuse_factor * (finished - started):
                     return stats
+            started = self._clock()
             stats = self.store.stats(schema_id, recent_windows=0)
             if len(self._latest) >= MAX_FILTERS:
                 self._latest.clear()
-            finished = self._clock()
-            self._latest[schema_id] = (finished, finished - started, stats)
+            self._latest[schema_id] = (started, self._clock(), stats)
             return stats

@@ -12,6 +12,11 @@
     token: sessionStorage.getItem(TOKEN_KEY) || "",
     item: null,
     busy: false,
+    // The reviewer's latest review ({item, revision, label}), which "z" reopens to change it;
+    // while it is open (correcting), the claimed item waits in held.
+    last: null,
+    correcting: false,
+    held: null,
     reviewed: 0,
     retryTimer: null,
     leaseTimer: null,
@@ -77,6 +82,10 @@
   function showLogin(message) {
     state.token = "";
     state.item = null;
+    state.last = null;
+    state.correcting = false;
+    state.held = null;
+    $("undo").hidden = true;
     sessionStorage.removeItem(TOKEN_KEY);
     clearTimers();
     $("who").hidden = true;
@@ -132,11 +141,15 @@
     }
   }
 
-  function renderItem(item) {
+  // The item claimed for review, or (correction) the last reviewed one, to change its label.
+  function renderItem(item, correction) {
     state.item = item;
     $("empty").hidden = true;
     $("item").hidden = false;
     $("item-id").textContent = item.item_id;
+    $("correction").hidden = !correction;
+    $("correction-was").textContent = correction ? describeLabel(state.last) : "";
+    $("skip").hidden = Boolean(correction);
 
     const machine = item.machine_label;
     $("machine").hidden = machine === undefined || machine === null;
@@ -200,9 +213,19 @@
 
     setUnsure(false);
     $("note").value = "";
-    renderLease();
     if (state.leaseTimer) clearInterval(state.leaseTimer);
-    state.leaseTimer = setInterval(renderLease, 1000);
+    state.leaseTimer = null;
+    if (correction) {
+      $("lease").textContent = "Reviewed (revision " + state.last.revision + ")";
+    } else {
+      renderLease();
+      state.leaseTimer = setInterval(renderLease, 1000);
+    }
+  }
+
+  function describeLabel(review) {
+    if (review.label) return review.label + (review.unsure ? ", unsure" : "");
+    return "unsure, no label";
   }
 
   function renderEmpty() {
@@ -245,30 +268,74 @@
   async function submit(label) {
     const item = state.item;
     if (!item || state.busy) return;
+    const correcting = state.correcting;
+    const body = { label: label, unsure: $("unsure").checked, note: $("note").value };
+    // A first review needs the claim; a change of one the revision it changes.
+    if (correcting) body.expected_revision = state.last.revision;
+    else body.claim_id = item.claim_id;
     setBusy(true);
     try {
-      await api("POST", "/api/items/" + encodeURIComponent(item.item_id) + "/review", {
-        claim_id: item.claim_id,
-        label: label,
-        unsure: $("unsure").checked,
-        note: $("note").value,
-      });
-      state.reviewed += 1;
-      $("session-count").textContent = String(state.reviewed);
+      const data = await api(
+        "POST",
+        "/api/items/" + encodeURIComponent(item.item_id) + "/review",
+        body,
+      );
+      state.last = {
+        item: item,
+        revision: data.review.revision,
+        label: data.review.label,
+        unsure: data.review.unsure,
+      };
+      $("undo").hidden = false;
+      if (!correcting) {
+        state.reviewed += 1;
+        $("session-count").textContent = String(state.reviewed);
+      }
       hideBanner();
     } catch (err) {
       handleError(err);
       if (err.status === 401) return;
-      if (err.status === 422) return; // fix the input and try again on the same item
+      // Fix the input and try again on the same item; a changed label stays open too (Esc
+      // leaves it).
+      if (err.status === 422 || correcting) return;
     } finally {
       setBusy(false);
     }
-    await next();
+    if (correcting) {
+      leaveCorrection();
+      refreshStats();
+    } else {
+      await next();
+    }
+  }
+
+  // Reopens the last reviewed item to change its label; the claimed item waits.
+  function startCorrection() {
+    if (!state.last || state.busy || state.correcting) return;
+    if (state.retryTimer) clearTimeout(state.retryTimer);
+    state.retryTimer = null;
+    state.held = $("item").hidden ? null : state.item;
+    state.correcting = true;
+    renderItem(state.last.item, true);
+  }
+
+  function leaveCorrection() {
+    if (!state.correcting) return;
+    state.correcting = false;
+    const held = state.held;
+    state.held = null;
+    if (held) renderItem(held, false);
+    else renderEmpty();
+  }
+
+  // The item this reviewer holds a claim on (the waiting one while correcting), if any.
+  function claimedItem() {
+    return state.correcting ? state.held : state.item;
   }
 
   async function skip() {
     const item = state.item;
-    if (!item || state.busy) return;
+    if (!item || state.busy || state.correcting) return;
     setBusy(true);
     try {
       await api("POST", "/api/items/" + encodeURIComponent(item.item_id) + "/release", {
@@ -306,8 +373,18 @@
     const target = event.target;
     if (target && (target.tagName === "INPUT" && target.type !== "checkbox")) return;
     if (target && target.tagName === "TEXTAREA") return;
-    if (!state.item || $("item").hidden) return;
     const key = event.key;
+    if (key === "z" || key === "Z") {
+      event.preventDefault();
+      startCorrection();
+      return;
+    }
+    if (key === "Escape" && state.correcting) {
+      event.preventDefault();
+      leaveCorrection();
+      return;
+    }
+    if (!state.item || $("item").hidden) return;
     if (key >= "1" && key <= "9") {
       const labels = state.item.schema.labels;
       const index = Number(key) - 1;
@@ -333,7 +410,7 @@
       if (token) login(token);
     });
     $("logout").addEventListener("click", () => {
-      const item = state.item;
+      const item = claimedItem();
       if (item) {
         api("POST", "/api/items/" + encodeURIComponent(item.item_id) + "/release", {
           claim_id: item.claim_id,
@@ -345,11 +422,13 @@
     $("banner-close").addEventListener("click", hideBanner);
     $("retry").addEventListener("click", next);
     $("skip").addEventListener("click", skip);
+    $("undo").addEventListener("click", startCorrection);
+    $("correction-cancel").addEventListener("click", leaveCorrection);
     $("unsure").addEventListener("change", () => setUnsure($("unsure").checked));
     $("unsure-submit").addEventListener("click", () => submit(""));
     document.addEventListener("keydown", onKey);
     window.addEventListener("pagehide", () => {
-      const item = state.item;
+      const item = claimedItem();
       if (!item || !state.token) return;
       // Best effort: give the item back at once instead of waiting for the lease to expire.
       fetch("/api/items/" + encodeURIComponent(item.item_id) + "/release", {
