@@ -161,6 +161,16 @@ def test_concurrent_writers_of_the_same_decisions_insert_each_once(fresh_databas
     assert (window.decisions, window.selected, window.expected) == (2000, 500, 1000.0)
 
 
+def test_deactivating_a_reviewer_returns_their_claims(store) -> None:
+    store.add_reviewer("alice")
+    store.upsert_decisions([make_decision(i) for i in range(4)])
+    held = store.claim("alice", max_items=3)
+    assert store.deactivate_reviewer("alice") == 3
+    assert {store.get_record(c.item_id).state for c in held} == {"pending"}
+    assert [r.active for r in store.reviewers()] == [False]
+    assert (store.stats().claimed, store.stats().pending) == (0, 4)
+
+
 def test_migration_3_counts_the_records_stored_before_it(fresh_database: str) -> None:
     from act.review import ReviewStore, migrate
     from act.review.migrations import MIGRATIONS

@@ -1,9 +1,11 @@
-"""`actctl export`: decisions stored by the review queue come out as the ACT dataset; and which
-store the review commands use when not told."""
+"""`actctl export`: decisions stored by the review queue come out as the ACT dataset; the
+operator's `actctl review stats`, `reviewers` and `deactivate-reviewer`; and which store the
+review commands use when not told."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -66,6 +68,75 @@ def test_export_refuses_a_missing_folder(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+# -- the operator's commands: stats, reviewers, deactivate-reviewer ----------------------------
+
+
+def test_stats_reviewers_and_deactivate_reviewer_report_the_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    decisions = _decisions(120)
+    selected = sum(d.delta for d in decisions)
+    with ReviewStore(url) as store:
+        store.register_schema(schema_to_proto(text_schema()))
+        store.upsert_decisions(decisions)
+        store.add_reviewer("alice")
+        store.add_reviewer("bob")
+        [first, *_] = store.claim("alice", max_items=3)
+        store.submit(first.item_id, first.claim_id, "alice", first.decision.annotation.label)
+
+    def run(*arguments: str) -> str:
+        result = CliRunner().invoke(app, ["review", *arguments, "--database-url", url])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    counts = json.loads(run("stats", "--json", "--windows", "2"))
+    assert (counts["decisions"], counts["selected"]) == (120, selected)
+    assert (counts["reviewed"], counts["claimed"], counts["pending"]) == (1, 2, selected - 3)
+    assert counts["agreement_rate"] == 1.0
+    # Windows of 50 items: the latest two of the three, oldest first.
+    assert [(w["window_id"], w["decisions"]) for w in counts["windows"]] == [
+        (decisions[50].window_id, 50),
+        (decisions[100].window_id, 20),
+    ]
+    text = run("stats")
+    assert f"120 decisions: {selected} selected for review" in text
+    assert "2 claimed by 1 reviewer(s), 1 reviewed" in text
+
+    listed = json.loads(run("reviewers", "--json"))["reviewers"]
+    assert [(r["name"], r["active"], r["reviews"]) for r in listed] == [
+        ("alice", True, 1),
+        ("bob", True, 0),
+    ]
+    assert "actr_" not in run("reviewers")
+
+    assert run("deactivate-reviewer", "alice").strip() == (
+        "alice: deactivated; 2 claimed item(s) returned to the queue"
+    )
+    counts = json.loads(run("stats", "--json"))
+    assert (counts["claimed"], counts["pending"]) == (0, selected - 1)
+    assert [r["active"] for r in json.loads(run("reviewers", "--json"))["reviewers"]] == [
+        False,
+        True,
+    ]
+
+
+def test_the_operators_commands_refuse_an_unknown_reviewer_or_a_missing_store(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    ReviewStore(url).close()
+    result = CliRunner().invoke(
+        app, ["review", "deactivate-reviewer", "carol", "--database-url", url]
+    )
+    assert result.exit_code == 1 and "no reviewer named 'carol'" in result.output
+    missing = tmp_path / "gone.db"
+    for command in ("stats", "reviewers"):
+        result = CliRunner().invoke(
+            app, ["review", command, "--database-url", f"sqlite:///{missing}"]
+        )
+        assert result.exit_code == 2 and "there is no review store" in result.output
+    assert not missing.exists()
 
 
 # -- which store the commands use ---------------------------------------------------------------

@@ -516,8 +516,14 @@ def test_reviewer_tokens_from_a_secret_are_synced_by_an_init_container() -> None
     spec = find(documents, "Deployment", "act-review-queue")["spec"]["template"]["spec"]
     [main] = spec["containers"]
     [init] = spec["initContainers"]
-    assert init["command"] == ["actctl", "review", "sync-reviewers", "/var/run/act/reviewers"]
-    result = CliRunner().invoke(app, [*init["command"][1:3], "--help"])
+    assert init["command"] == [
+        "actctl",
+        "review",
+        "sync-reviewers",
+        "/var/run/act/reviewers",
+        "--deactivate-missing",
+    ]
+    result = CliRunner().invoke(app, [*init["command"][1:], "--help"])  # the options exist
     assert result.exit_code == 0, result.output
     assert (init["image"], init["securityContext"]) == (main["image"], main["securityContext"])
     [database] = [e for e in main["env"] if e["name"] == "ACT_REVIEW_DATABASE_URL"]
@@ -527,6 +533,10 @@ def test_reviewer_tokens_from_a_secret_are_synced_by_an_init_container() -> None
     assert all(m["name"] != mount["name"] for m in main["volumeMounts"])
     [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
     assert volume["secret"]["secretName"] == "act-reviewer-tokens"
+    # By default reviewers without a key are left alone.
+    values = {"reviewQueue": {"reviewerTokens": {"existingSecret": "act-reviewer-tokens"}}}
+    spec = find(render(values), "Deployment", "act-review-queue")["spec"]["template"]["spec"]
+    assert "--deactivate-missing" not in spec["initContainers"][0]["command"]
 
     without = find(render({}), "Deployment", "act-review-queue")["spec"]["template"]["spec"]
     assert "initContainers" not in without

@@ -850,6 +850,55 @@ def test_reviewer_tokens(store: ReviewStore) -> None:
         store.add_reviewer("")
 
 
+def test_deactivating_a_reviewer_returns_their_items_to_the_queue(
+    store: ReviewStore, clock: FakeClock
+) -> None:
+    store.add_reviewer("alice")
+    store.add_reviewer("bob")
+    store.upsert_decisions([make_decision(i) for i in range(5)])
+    held = store.claim("alice", max_items=2)
+    [expired] = store.claim("alice", max_items=1, lease_seconds=10)
+    [bobs] = store.claim("bob", max_items=1)
+    store.submit(held[0].item_id, held[0].claim_id, "alice", "spam")
+    clock.advance(60)  # alice's short lease has run out: nothing of hers to give back there
+    assert store.deactivate_reviewer("alice") == 1
+    record = store.get_record(held[1].item_id)
+    assert (record.state, record.claimed_by) == ("pending", None)
+    [release] = store.audit_trail(held[1].item_id)
+    assert (release.action, release.reviewer, release.note) == (
+        "release",
+        "alice",
+        "reviewer deactivated",
+    )
+    assert store.audit_trail(expired.item_id) == []
+    assert store.get_record(bobs.item_id).claimed_by == "bob"  # others keep theirs
+    assert store.get_record(held[0].item_id).reviewer == "alice"  # her reviews stay hers
+    assert store.deactivate_reviewer("alice") == 0  # again: nothing more to do
+    # The returned item and the expired one are handed out again, oldest decision first.
+    assert [c.item_id for c in store.claim("bob", max_items=5)] == [
+        held[1].item_id,
+        expired.item_id,
+        "item-00004",
+    ]
+
+
+def test_reviewers_list_their_state_and_reviews(store: ReviewStore, clock: FakeClock) -> None:
+    store.add_reviewer("bob")
+    store.add_reviewer("alice")
+    store.upsert_decisions([make_decision(i) for i in range(3)])
+    for claimed in store.claim("alice", max_items=2):
+        store.submit(claimed.item_id, claimed.claim_id, "alice", "spam")
+    clock.advance(30)
+    store.submit("item-00000", None, "alice", "ok", expected_revision=1)
+    store.deactivate_reviewer("bob")
+    store.rotate_token("alice")
+    alice, bob = store.reviewers()
+    assert (alice.name, alice.active, alice.reviews) == ("alice", True, 3)
+    assert alice.last_review_at == clock.now and alice.token_rotated_at == clock.now
+    assert (bob.name, bob.active, bob.reviews, bob.last_review_at) == ("bob", False, 0, None)
+    assert bob.created_at == T0
+
+
 # ----------------------------------------------------------------------------- export
 
 

@@ -140,9 +140,9 @@ def secret_volume(path: Path, tokens: dict[str, str]) -> Path:
     return path
 
 
-def sync(directory: Path, url: str) -> tuple[int, str, str]:
+def sync(directory: Path, url: str, *options: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(
-        app, ["review", "sync-reviewers", str(directory), "--database-url", url]
+        app, ["review", "sync-reviewers", str(directory), "--database-url", url, *options]
     )
     return result.exit_code, result.stdout, result.stderr
 
@@ -210,3 +210,35 @@ def test_sync_reviewers_reports_a_store_refusal_with_exit_1(tmp_path: Path, url:
 def test_sync_reviewers_needs_a_directory(tmp_path: Path, url: str) -> None:
     code, _, err = sync(tmp_path / "missing", url)
     assert code == 2 and "is not a directory" in err
+
+
+def test_sync_reviewers_can_lock_out_the_reviewers_without_a_file(tmp_path: Path, url: str) -> None:
+    with ReviewStore(url) as store:
+        store.add_reviewer("carol")
+        store.add_reviewer("dave")
+        store.deactivate_reviewer("dave")
+    alice = new_token()
+    directory = secret_volume(tmp_path / "reviewers", {"alice": alice})
+    code, out, _ = sync(directory, url)  # by default, carol is left alone
+    assert (code, out.splitlines()) == (0, ["alice: created"])
+    code, out, _ = sync(directory, url, "--deactivate-missing")
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            "alice: unchanged",
+            "carol: deactivated (no file; 0 claimed item(s) returned to the queue)",
+        ],
+    )
+    with ReviewStore(url) as store:
+        assert {r.name: r.active for r in store.reviewers()} == {
+            "alice": True,
+            "carol": False,
+            "dave": False,
+        }
+    # A folder without files (a Secret not mounted, say) locks nobody out.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = sync(empty, url, "--deactivate-missing")
+    assert (code, out) == (0, "") and "nothing to do" in err
+    with ReviewStore(url) as store:
+        assert store.authenticate(alice) == "alice"

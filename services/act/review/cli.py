@@ -3,20 +3,27 @@
 `review_app` is a typer sub-app; actctl mounts it with `app.add_typer(review_app, name="review")`.
 Settings come from `ACT_REVIEW_*` variables (see `act.review.server`); flags override them.
 
-The commands that work on a store from outside (`add-reviewer`, `sync-reviewers`, `export`)
-find it as `_store_url` says: `--database-url`, else the store of the system `actctl up` runs
+The commands that work on a store from outside (`add-reviewer`, `deactivate-reviewer`,
+`reviewers`, `sync-reviewers`, `stats`, `export`) find it as `_store_url` says:
+`--database-url`, else the store of the system `actctl up` runs
 (its run record), else the environment (`act.review.db.url_from_environment`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import signal
 import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from act.local.cli import StateDir
 from act.review.errors import InvalidArgument, ReviewerExists, ReviewStoreError
@@ -74,6 +81,25 @@ def _store_url(given: str | None, state_dir: Path | None) -> str:
         typer.echo(f"error: nothing is up in {directory} (no run record)", err=True)
         raise typer.Exit(2)
     return url_from_environment()
+
+
+def _existing_store_url(given: str | None, state_dir: Path | None) -> str:
+    """`_store_url`, refusing (exit 2) a SQLite file that does not exist: opening it would
+    create an empty store, and a command that reads one would report nothing."""
+    from act.review.db import missing_sqlite_file
+
+    url = _store_url(given, state_dir)
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        hint = "" if given else "; give --database-url, or start the system with actctl up"
+        typer.echo(f"error: there is no review store at {missing}{hint}", err=True)
+        raise typer.Exit(2)
+    return url
+
+
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
+]
 
 
 @review_app.command("serve")
@@ -168,6 +194,153 @@ def add_reviewer(
     typer.echo(token)
 
 
+@review_app.command("deactivate-reviewer")
+def deactivate_reviewer(
+    name: Annotated[str, typer.Argument(help="The reviewer to lock out.")],
+    database_url: StoreUrl = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Lock a reviewer out: their token stops working at once and the items they hold go back
+    to the queue (audited as releases); their reviews stay theirs. `add-reviewer NAME --rotate`
+    or `sync-reviewers` reactivates them with a token."""
+    url = _existing_store_url(database_url, state_dir)
+    try:
+        with ReviewStore(url) as store:
+            returned = store.deactivate_reviewer(name)
+    except ReviewStoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{name}: deactivated; {returned} claimed item(s) returned to the queue")
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _minute(moment: datetime | None) -> str:
+    """A UTC time to the minute, for tables."""
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
+
+
+@review_app.command("reviewers")
+def list_reviewers(
+    database_url: StoreUrl = None,
+    state_dir: StateDir = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """List the reviewers: active or not, when created and when their token last changed, and
+    how many reviews (and corrections) they recorded. Never a token."""
+    url = _existing_store_url(database_url, state_dir)
+    try:
+        with ReviewStore(url) as store:
+            found = store.reviewers()
+    except ReviewStoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        rows = [
+            {
+                "name": r.name,
+                "active": r.active,
+                "created_at": _when(r.created_at),
+                "token_rotated_at": _when(r.token_rotated_at) or None,
+                "reviews": r.reviews,
+                "last_review_at": _when(r.last_review_at) or None,
+            }
+            for r in found
+        ]
+        typer.echo(json.dumps({"reviewers": rows}))
+        return
+    if not found:
+        typer.echo("no reviewers yet: actctl review add-reviewer NAME", err=True)
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("reviewer", min_width=8)
+    table.add_column("active")
+    for heading in ("created", "new token"):
+        table.add_column(heading, no_wrap=True)
+    table.add_column("reviews", justify="right", min_width=7)
+    table.add_column("last review", no_wrap=True)
+    table.caption = "times in UTC"
+    for r in found:
+        table.add_row(
+            r.name,
+            "yes" if r.active else "no",
+            _minute(r.created_at),
+            _minute(r.token_rotated_at),
+            f"{r.reviews:,}",
+            _minute(r.last_review_at),
+        )
+    Console(highlight=False, soft_wrap=True).print(table)
+
+
+@review_app.command("stats")
+def stats(
+    database_url: StoreUrl = None,
+    state_dir: StateDir = None,
+    schema_id: Annotated[
+        str | None, typer.Option(help="Only the records of this label schema.")
+    ] = None,
+    windows: Annotated[
+        int,
+        typer.Option(min=0, help="Show the budget use of this many latest sampling windows."),
+    ] = 10,
+    as_json: JsonOutput = False,
+) -> None:
+    """Show the review queue: decisions stored, selected, pending, claimed, reviewed, the
+    oldest pending item's age, agreement, and the budget use of the latest sampling windows."""
+    url = _existing_store_url(database_url, state_dir)
+    try:
+        with ReviewStore(url) as store:
+            counts = store.stats(schema_id, recent_windows=windows)
+    except ReviewStoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        windows_json = [dataclasses.asdict(w) for w in counts.windows]
+        typer.echo(json.dumps({**counts.as_json(), "windows": windows_json}))
+        return
+    age = counts.oldest_pending_age
+    agreement = counts.agreement_rate
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(
+        f"{counts.decisions:,} decisions: {counts.selected:,} selected for review, "
+        f"{counts.not_selected:,} not ({counts.capped:,} after a window's cap)"
+    )
+    out.print(
+        f"queue: {counts.pending:,} pending, {counts.claimed:,} claimed by "
+        f"{counts.active_reviewers} reviewer(s), {counts.reviewed:,} reviewed "
+        f"({counts.unsure:,} unsure)"
+        + (
+            f"; the oldest pending one has waited {timedelta(seconds=round(age.total_seconds()))}"
+            if age is not None
+            else ""
+        )
+    )
+    if agreement is not None:
+        out.print(
+            f"human label = machine label on {agreement:.1%} of {counts.labelled:,} labelled "
+            "reviews (items drawn by eps: not the machine's accuracy)"
+        )
+    if counts.windows:
+        table = Table(box=box.SIMPLE_HEAD, title="latest sampling windows, oldest first")
+        table.add_column("budget")
+        table.add_column("window")
+        for heading in ("decisions", "selected", "expected", "capped", "reviewed"):
+            table.add_column(heading, justify="right")
+        for w in counts.windows:
+            table.add_row(
+                w.budget_id,
+                w.window_id,
+                f"{w.decisions:,}",
+                f"{w.selected:,}",
+                f"{w.expected:,.1f}",
+                f"{w.capped:,}",
+                f"{w.reviewed:,}",
+            )
+        out.print(table)
+
+
 def read_reviewer_tokens(directory: Path) -> dict[str, str]:
     """The reviewers of a token directory, name -> token: every file is one reviewer, its name
     the reviewer's, its content (less one trailing newline) the token. This is a Kubernetes
@@ -214,17 +387,26 @@ def sync_reviewers(
     ],
     database_url: StoreUrl = None,
     state_dir: StateDir = None,
+    deactivate_missing: Annotated[
+        bool,
+        typer.Option(
+            help="Also lock out every active reviewer without a file (as deactivate-reviewer "
+            "does): DIR is then the whole list of reviewers. Never on a DIR without files."
+        ),
+    ] = False,
 ) -> None:
     """Give the reviewers of DIR the tokens of their files (a Kubernetes Secret mounted as a
     volume): creates missing reviewers, replaces changed tokens and reactivates them; prints
     each name with what was done, never a token. Every file is checked first: one bad file and
-    nothing is written (exit 2). Reviewers without a file are left as they are."""
+    nothing is written (exit 2). Reviewers without a file are left as they are, unless
+    --deactivate-missing."""
     try:
         tokens = read_reviewer_tokens(directory)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if not tokens:
+        # An empty folder is more likely a Secret not mounted than a team of nobody.
         typer.echo(f"no reviewer files in {directory}; nothing to do", err=True)
         return
     url = _store_url(database_url, state_dir)
@@ -236,6 +418,14 @@ def sync_reviewers(
                 else:
                     outcome = "created" if store.set_reviewer_token(name, token) else "updated"
                 typer.echo(f"{name}: {outcome}")
+            if deactivate_missing:
+                for reviewer in store.reviewers():
+                    if reviewer.active and reviewer.name not in tokens:
+                        returned = store.deactivate_reviewer(reviewer.name)
+                        typer.echo(
+                            f"{reviewer.name}: deactivated (no file; {returned} claimed item(s) "
+                            "returned to the queue)"
+                        )
     except ReviewStoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -255,16 +445,9 @@ def export(
 ) -> None:
     """Export the ACT dataset (every record: machine label, eps, pi, delta, human label,
     reviewer, timestamps, model and prompt versions) to Parquet for the trainer."""
-    from act.review.db import missing_sqlite_file
-
-    url = _store_url(database_url, state_dir)
+    url = _existing_store_url(database_url, state_dir)
     if output.parent and not output.parent.exists():
         typer.echo(f"error: folder {output.parent} does not exist", err=True)
-        raise typer.Exit(2)
-    missing = missing_sqlite_file(url)
-    if missing is not None:  # opening it would create an empty store and export nothing
-        hint = "" if database_url else "; give --database-url, or start the system with actctl up"
-        typer.echo(f"error: there is no review store at {missing}{hint}", err=True)
         raise typer.Exit(2)
     try:
         with ReviewStore(url) as store:

@@ -50,7 +50,7 @@ from act.review.errors import (
 )
 from act.review.metrics import review_registry
 from act.review.shared_stats import SharedStats
-from act.review.store import ClaimedRecord, QueueStats, ReviewStore
+from act.review.store import ClaimedRecord, ReviewStore
 from act.v1 import bus_pb2
 from act.validation import validation_problems
 
@@ -268,24 +268,6 @@ def review_json(review: bus_pb2.Review) -> dict[str, Any]:
     }
 
 
-def stats_json(stats: QueueStats) -> dict[str, Any]:
-    age = stats.oldest_pending_age
-    return {
-        "decisions": stats.decisions,
-        "not_selected": stats.not_selected,
-        "selected": stats.selected,
-        "pending": stats.pending,
-        "claimed": stats.claimed,
-        "reviewed": stats.reviewed,
-        "unsure": stats.unsure,
-        "capped": stats.capped,
-        "labelled": stats.labelled,
-        "active_reviewers": stats.active_reviewers,
-        "oldest_pending_age_seconds": age.total_seconds() if age is not None else None,
-        "agreement_rate": stats.agreement_rate,
-    }
-
-
 # ----------------------------------------------------------------------------- middleware
 
 
@@ -442,7 +424,7 @@ class ReviewApi:
         reviewer = await self.reviewer(request)
         schema_id = request.query_params.get("schema_id") or None
         stats = await run_in_threadpool(self.shared_stats.get, schema_id, reviewer)
-        return JSONResponse(stats_json(stats))
+        return JSONResponse(stats.as_json())
 
 
 def create_app(

@@ -198,6 +198,19 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class ReviewerInfo:
+    """A reviewer as an operator sees them (never their token)."""
+
+    name: str
+    active: bool
+    created_at: datetime
+    token_rotated_at: datetime | None
+    # Reviews and corrections recorded under their name, and the latest one's time.
+    reviews: int
+    last_review_at: datetime | None
+
+
+@dataclass(frozen=True)
 class WindowSpend:
     """Budget use of one (budget, window): decisions, reviews drawn, expected spend."""
 
@@ -230,6 +243,24 @@ class QueueStats:
     agreement_rate: float | None
     labelled: int
     windows: tuple[WindowSpend, ...] = field(default=())
+
+    def as_json(self) -> dict[str, Any]:
+        """The counts (not the windows) as the HTTP API gives them."""
+        age = self.oldest_pending_age
+        return {
+            "decisions": self.decisions,
+            "not_selected": self.not_selected,
+            "selected": self.selected,
+            "pending": self.pending,
+            "claimed": self.claimed,
+            "reviewed": self.reviewed,
+            "unsure": self.unsure,
+            "capped": self.capped,
+            "labelled": self.labelled,
+            "active_reviewers": self.active_reviewers,
+            "oldest_pending_age_seconds": age.total_seconds() if age is not None else None,
+            "agreement_rate": self.agreement_rate,
+        }
 
 
 # ----------------------------------------------------------------------------- decisions
@@ -1283,14 +1314,78 @@ class ReviewStore:
                     ) from None
         raise Conflict(f"reviewer {name!r} kept changing while its token was set; try again")
 
-    def deactivate_reviewer(self, name: str) -> None:
-        """Disables a reviewer's token (their past reviews stay attributed to them)."""
+    def deactivate_reviewer(self, name: str) -> int:
+        """Disables a reviewer's token (their past reviews stay attributed to them) and gives
+        the items they hold back to the queue (audited as releases); returns how many."""
+        now = self._now()
+        c = records.c
         with self._engine.begin() as conn:
             changed = conn.execute(
                 sa.update(reviewers).where(reviewers.c.name == name).values(active=False)
             ).rowcount
-        if changed != 1:
-            raise UnknownReviewer(name)
+            if changed != 1:
+                raise UnknownReviewer(name)
+            held = conn.execute(
+                sa.select(c.item_id, c.claim_id, c.revision)
+                .where(c.state == "claimed", c.claimed_by == name, c.lease_expires_at > now)
+                .order_by(c.item_id)
+                .with_for_update()
+            ).all()
+            for chunk in _chunks([row.item_id for row in held]):
+                conn.execute(
+                    sa.update(records)
+                    .where(c.item_id.in_(chunk))
+                    .values(state="pending", claimed_by=None, claim_id=None, lease_expires_at=None)
+                )
+            if held:
+                conn.execute(
+                    reviews_audit.insert(),
+                    [
+                        {
+                            "item_id": row.item_id,
+                            "action": "release",
+                            "reviewer": name,
+                            "label": None,
+                            "previous_label": None,
+                            "unsure": False,
+                            "note": "reviewer deactivated",
+                            "revision": row.revision,
+                            "claim_id": row.claim_id,
+                            "at": now,
+                        }
+                        for row in held
+                    ],
+                )
+        return len(held)
+
+    def reviewers(self) -> list[ReviewerInfo]:
+        """Every reviewer, by name, with how many reviews they recorded."""
+        a = reviewers.c
+        audit = reviews_audit.c
+        activity = (
+            sa.select(
+                audit.reviewer,
+                sa.func.count().label("reviews"),
+                sa.func.max(audit.at).label("last_review_at"),
+            )
+            .where(audit.action.in_(("review", "correction")))
+            .group_by(audit.reviewer)
+            .subquery()
+        )
+        query = (
+            sa.select(
+                a.name,
+                a.active,
+                a.created_at,
+                a.token_rotated_at,
+                sa.func.coalesce(activity.c.reviews, 0).label("reviews"),
+                activity.c.last_review_at,
+            )
+            .outerjoin_from(reviewers, activity, activity.c.reviewer == a.name)
+            .order_by(a.name)
+        )
+        with self._read() as conn:
+            return [ReviewerInfo(**row._mapping) for row in conn.execute(query)]
 
     def authenticate(self, token: str) -> str | None:
         """The name of the active reviewer holding `token`, else None.
