@@ -426,3 +426,13 @@ def test_metrics_report_queue_depth_agreement_time_to_review_and_window_budget(
     selected = [v for (name, _), v in after.items() if name == "act_review_budget_selected"]
     reviewed = [v for (name, _), v in after.items() if name == "act_review_budget_reviewed"]
     assert sum(selected) == 2 and sum(reviewed) == 1
+    # Per window, the labelled reviews and those that agree with the machine.
+    [item] = claim(client, token, lease_seconds=60)
+    client.post(
+        f"/api/items/{item['item_id']}/review",
+        json={"claim_id": item["claim_id"], "label": "ok"},
+        headers=auth(token),
+    ).raise_for_status()
+    final = scrape()
+    for name, value in (("act_review_budget_labelled", 2), ("act_review_budget_agreeing", 1)):
+        assert sum(v for (metric, _), v in final.items() if metric == name) == value

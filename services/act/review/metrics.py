@@ -3,9 +3,10 @@
 A custom collector queries `ReviewStore.stats()` on each scrape, so the figures are never
 stale and nothing is cached between scrapes: queue depth by state, the age of the oldest
 pending item (the time-to-review backlog), the time from decision to first review of the last
-hour's reviews (quantiles), human–machine agreement on reviewed items, and
-the budget of each sampling window (reviews drawn against the expected spend sum(pi), and the
-decisions made after its hard cap was reached).
+hour's reviews (quantiles), human–machine agreement on reviewed items, and for each of the
+latest sampling windows its budget use (reviews drawn against the expected spend sum(pi), the
+decisions made after its hard cap was reached) and its reviews' agreement. The store reads
+per-window counts, so a scrape does not count the records (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,31 @@ TIME_TO_REVIEW_QUANTILES = (0.5, 0.9, 0.99)
 # Windows reported per scrape: those with the latest decisions, so label cardinality stays
 # bounded.
 MAX_WINDOWS = 50
+
+# The gauges of each reported window: (metric, help, WindowSpend attribute).
+WINDOW_GAUGES = (
+    ("act_review_budget_selected", "Reviews drawn in a sampling window", "selected"),
+    ("act_review_budget_expected", "Expected spend sum(pi) of a sampling window", "expected"),
+    ("act_review_budget_reviewed", "Reviews done in a sampling window", "reviewed"),
+    # Decided after the window's hard cap was hit (pi forced to 0): the budget ran out early,
+    # which the pacer aims to make rarer than its cap probability.
+    (
+        "act_review_budget_capped",
+        "Decisions of a sampling window made after its hard cap was reached (pi = 0)",
+        "capped",
+    ),
+    # Agreement per window: a trend over the stream that the all-time ratio hides.
+    (
+        "act_review_budget_labelled",
+        "Reviews of a sampling window that gave a human label",
+        "labelled",
+    ),
+    (
+        "act_review_budget_agreeing",
+        "Reviews of a sampling window whose human label equals the machine label",
+        "agree",
+    ),
+)
 
 
 class ReviewStoreCollector(Collector):
@@ -74,38 +100,11 @@ class ReviewStoreCollector(Collector):
             "Items first reviewed in the last hour (at most 10,000 counted)",
             value=len(delays),
         )
-        selected = GaugeMetricFamily(
-            "act_review_budget_selected",
-            "Reviews drawn in a sampling window",
-            labels=["budget_id", "window_id"],
-        )
-        expected = GaugeMetricFamily(
-            "act_review_budget_expected",
-            "Expected spend sum(pi) of a sampling window",
-            labels=["budget_id", "window_id"],
-        )
-        reviewed = GaugeMetricFamily(
-            "act_review_budget_reviewed",
-            "Reviews done in a sampling window",
-            labels=["budget_id", "window_id"],
-        )
-        # Items decided after the window's hard cap was hit (pi forced to 0): the budget ran out
-        # early, which the pacer aims to make rarer than its cap probability.
-        capped = GaugeMetricFamily(
-            "act_review_budget_capped",
-            "Decisions of a sampling window made after its hard cap was reached (pi = 0)",
-            labels=["budget_id", "window_id"],
-        )
-        for window in stats.windows:
-            labels = [window.budget_id, window.window_id]
-            selected.add_metric(labels, window.selected)
-            expected.add_metric(labels, window.expected)
-            reviewed.add_metric(labels, window.reviewed)
-            capped.add_metric(labels, window.capped)
-        yield selected
-        yield expected
-        yield reviewed
-        yield capped
+        for name, description, attribute in WINDOW_GAUGES:
+            family = GaugeMetricFamily(name, description, labels=["budget_id", "window_id"])
+            for window in stats.windows:
+                family.add_metric([window.budget_id, window.window_id], getattr(window, attribute))
+            yield family
 
 
 def review_registry(store: ReviewStore) -> CollectorRegistry:

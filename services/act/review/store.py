@@ -222,6 +222,9 @@ class WindowSpend:
     expected: float
     capped: int
     reviewed: int
+    # Reviewed with a human label, and of those with the machine's label.
+    labelled: int = 0
+    agree: int = 0
 
 
 @dataclass(frozen=True)
@@ -1150,7 +1153,8 @@ class ReviewStore:
             # PostgreSQL sums bigints as numeric: cast back to an integer.
             return sa.cast(sa.func.coalesce(sa.func.sum(column), 0), sa.BigInteger)
 
-        counted = (w.decisions, w.selected, w.capped, w.reviewed, w.unsure, w.labelled, w.agree)
+        per_window = (w.decisions, w.selected, w.capped, w.reviewed, w.labelled, w.agree)
+        counted = (*per_window, w.unsure)
         totals = sa.select(*(total(column).label(column.name) for column in counted))
         live_claims = sa.select(
             sa.func.count().label("claimed"),
@@ -1169,7 +1173,7 @@ class ReviewStore:
             sa.select(
                 w.budget_id,
                 w.window_id,
-                *(total(column).label(column.name) for column in counted[:4]),
+                *(total(column).label(column.name) for column in per_window),
                 sa.func.sum(w.expected).label("expected"),
             )
             .group_by(w.budget_id, w.window_id)
@@ -1209,6 +1213,8 @@ class ReviewStore:
                     expected=float(s.expected),
                     capped=s.capped,
                     reviewed=s.reviewed,
+                    labelled=s.labelled,
+                    agree=s.agree,
                 )
                 for s in spend
             ),
