@@ -171,6 +171,26 @@ def test_deactivating_a_reviewer_returns_their_claims(store) -> None:
     assert (store.stats().claimed, store.stats().pending) == (0, 4)
 
 
+def test_claims_and_releases_leave_the_window_counts_alone(store) -> None:
+    """A claim or a release does not rewrite the window's counts (it would wait on the decision
+    consumer's lock of that row); a review does."""
+    import sqlalchemy as sa
+
+    store.add_reviewer("alice")
+    store.upsert_decisions([make_decision(i) for i in range(3)])
+
+    def version() -> str:  # the row version: changes with every update of the row
+        with store.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT xmin::text FROM window_counts")).scalar_one()
+
+    before = version()
+    first, second = store.claim("alice", max_items=2)
+    store.release(second.item_id, second.claim_id, "alice")
+    assert version() == before
+    store.submit(first.item_id, first.claim_id, "alice", "spam")
+    assert version() != before
+
+
 def test_migration_3_counts_the_records_stored_before_it(fresh_database: str) -> None:
     from act.review import ReviewStore, migrate
     from act.review.migrations import MIGRATIONS

@@ -747,6 +747,28 @@ def test_window_counts_follow_reviews_and_corrections(store: ReviewStore, clock:
     assert_same_counts(kept_window_counts(store.engine), counts_over_the_records(store.engine))
 
 
+def test_claims_and_releases_leave_the_window_counts_alone(store: ReviewStore) -> None:
+    """Pending and claimed count alike: a claim or a release writes no count (it would wait on
+    the decision consumer's lock of the window's row), a review does."""
+    store.upsert_decisions([make_decision(i) for i in range(3)])
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE counts_written (n INTEGER)")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER note_counts_written AFTER UPDATE ON window_counts "
+            "BEGIN INSERT INTO counts_written VALUES (1); END"
+        )
+
+    def written() -> int:
+        with store.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT count(*) FROM counts_written").scalar_one()
+
+    first, second = store.claim("alice", max_items=2)
+    store.release(second.item_id, second.claim_id, "alice")
+    assert written() == 0
+    store.submit(first.item_id, first.claim_id, "alice", "spam", labels=LABELS)
+    assert written() > 0  # the old record's share out, the new one's in
+
+
 def test_window_counts_follow_writers_outside_the_store(store: ReviewStore) -> None:
     """The counts are kept by triggers: an older release's writer, or an operator's SQL,
     inserting, changing or deleting records moves them too."""

@@ -198,6 +198,12 @@ _V3_READS = (
 )
 _V3_KEY = "schema_id, budget_id, window_id"
 _V3_COUNTS = ", ".join(_V3_ADDS)
+# What a record's counts depend on, as SQL templates like _V3_ADDS: an update that changes none
+# of these (a claim, a release: pending and claimed count alike) leaves the counts alone.
+_V3_COUNTED_BY = (
+    *(f"{{r}}.{column}" for column in _V3_READS if column != "state"),
+    "{r}.state = 'reviewed'",
+)
 
 
 def _v3_sums(rows: str) -> str:
@@ -215,7 +221,10 @@ def _v3_postgres_triggers(conn: Connection) -> None:
     over its transition tables) that add each statement's change to window_counts. An UPDATE
     counts only the rows whose counted values changed (a claim or a release changes none)."""
     reads = ", ".join(_V3_READS)
-    same = " AND ".join(f"o.{column} IS NOT DISTINCT FROM n.{column}" for column in _V3_READS)
+    same = " AND ".join(
+        f"({value.format(r='o')}) IS NOT DISTINCT FROM ({value.format(r='n')})"
+        for value in _V3_COUNTED_BY
+    )
     updated = (
         f"SELECT 1 AS sign, {reads} FROM new_records AS n WHERE NOT EXISTS "
         f"(SELECT FROM old_records AS o WHERE o.item_id = n.item_id AND {same}) "
@@ -260,7 +269,9 @@ def _v3_sqlite_triggers(conn: Connection) -> None:
             f"last_decided_at = max(last_decided_at, excluded.last_decided_at);"
         )
 
-    changed = " OR ".join(f"OLD.{column} IS NOT NEW.{column}" for column in _V3_READS)
+    changed = " OR ".join(
+        f"({value.format(r='OLD')}) IS NOT ({value.format(r='NEW')})" for value in _V3_COUNTED_BY
+    )
     for event, when, body in (
         ("insert", "", upsert(1, "NEW")),
         ("update", f"WHEN {changed} ", upsert(-1, "OLD") + " " + upsert(1, "NEW")),
