@@ -94,6 +94,8 @@ def test_stats_reviewers_and_deactivate_reviewer_report_the_store(tmp_path: Path
     assert (counts["decisions"], counts["selected"]) == (120, selected)
     assert (counts["reviewed"], counts["claimed"], counts["pending"]) == (1, 2, selected - 3)
     assert counts["agreement_rate"] == 1.0
+    assert counts["first_reviews_last_hour"] == 1
+    assert list(counts["time_to_review_seconds"]) == ["0.5", "0.9", "0.99"]
     # Windows of 50 items: the latest two of the three, oldest first.
     assert [(w["window_id"], w["decisions"]) for w in counts["windows"]] == [
         (decisions[50].window_id, 50),
@@ -102,6 +104,7 @@ def test_stats_reviewers_and_deactivate_reviewer_report_the_store(tmp_path: Path
     text = run("stats")
     assert f"120 decisions: {selected} selected for review" in text
     assert "2 claimed by 1 reviewer(s), 1 reviewed" in text
+    assert "time to review, 1 first reviews in the last hour: p50 " in text
 
     listed = json.loads(run("reviewers", "--json"))["reviewers"]
     assert [(r["name"], r["active"], r["reviews"]) for r in listed] == [

@@ -836,6 +836,14 @@ def test_migration_3_counts_the_records_stored_before_it(tmp_path: Path) -> None
         )
 
 
+def test_time_to_review_gives_the_quantiles_of_the_delays() -> None:
+    from act.review.store import time_to_review
+
+    assert time_to_review([]) == {}
+    quantiles = time_to_review([40.0, 10.0, 30.0, 20.0])  # linear interpolation
+    assert quantiles == pytest.approx({0.5: 25.0, 0.9: 37.0, 0.99: 39.7})
+
+
 def test_stats_of_an_empty_store(store: ReviewStore) -> None:
     stats = store.stats()
     assert (stats.decisions, stats.pending, stats.windows) == (0, 0, ())

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from act.local.cli import StateDir
 from act.review.errors import InvalidArgument, ReviewerExists, ReviewStoreError
-from act.review.store import ReviewStore, check_reviewer_token
+from act.review.store import ReviewStore, check_reviewer_token, time_to_review
 
 # act.review.server (gRPC, uvicorn, starlette) and act.review.publisher (Kafka) are imported
 # inside the commands that use them: actctl imports this module for every command, and
@@ -288,17 +288,28 @@ def stats(
     as_json: JsonOutput = False,
 ) -> None:
     """Show the review queue: decisions stored, selected, pending, claimed, reviewed, the
-    oldest pending item's age, agreement, and the budget use of the latest sampling windows."""
+    oldest pending item's age, the time to review of the last hour's first reviews, agreement,
+    and the budget use of the latest sampling windows."""
     url = _existing_store_url(database_url, state_dir)
     try:
         with ReviewStore(url) as store:
             counts = store.stats(schema_id, recent_windows=windows)
+            delays = store.review_delays()
     except ReviewStoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    quantiles = time_to_review(delays)
     if as_json:
-        windows_json = [dataclasses.asdict(w) for w in counts.windows]
-        typer.echo(json.dumps({**counts.as_json(), "windows": windows_json}))
+        typer.echo(
+            json.dumps(
+                {
+                    **counts.as_json(),
+                    "first_reviews_last_hour": len(delays),
+                    "time_to_review_seconds": {f"{q:g}": v for q, v in quantiles.items()},
+                    "windows": [dataclasses.asdict(w) for w in counts.windows],
+                }
+            )
+        )
         return
     age = counts.oldest_pending_age
     agreement = counts.agreement_rate
@@ -317,6 +328,11 @@ def stats(
             else ""
         )
     )
+    if quantiles:
+        spans = ", ".join(
+            f"p{q * 100:g} {timedelta(seconds=round(v))}" for q, v in quantiles.items()
+        )
+        out.print(f"time to review, {len(delays):,} first reviews in the last hour: {spans}")
     if agreement is not None:
         out.print(
             f"human label = machine label on {agreement:.1%} of {counts.labelled:,} labelled "

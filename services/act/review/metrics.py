@@ -13,15 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from act.review.store import ReviewStore
-
-# Time to review: quantiles over the first reviews of the last hour.
-TIME_TO_REVIEW_QUANTILES = (0.5, 0.9, 0.99)
+from act.review.store import REVIEW_DELAYS_LIMIT, ReviewStore, time_to_review
 
 # Windows reported per scrape: those with the latest decisions, so label cardinality stays
 # bounded.
@@ -81,23 +77,20 @@ class ReviewStoreCollector(Collector):
                 value=stats.agreement_rate,
             )
         delays = self.store.review_delays()
-        if delays:
-            time_to_review = GaugeMetricFamily(
+        quantiles = time_to_review(delays)
+        if quantiles:
+            family = GaugeMetricFamily(
                 "act_review_time_to_review_seconds",
                 "Time from decision to first review, quantiles over the items first reviewed "
-                "in the last hour (at most the latest 10,000)",
+                f"in the last hour (at most the latest {REVIEW_DELAYS_LIMIT:,})",
                 labels=["quantile"],
             )
-            for quantile, value in zip(
-                TIME_TO_REVIEW_QUANTILES,
-                np.quantile(delays, TIME_TO_REVIEW_QUANTILES),
-                strict=True,
-            ):
-                time_to_review.add_metric([f"{quantile:g}"], float(value))
-            yield time_to_review
+            for quantile, value in quantiles.items():
+                family.add_metric([f"{quantile:g}"], value)
+            yield family
         yield GaugeMetricFamily(
             "act_review_first_reviews_last_hour",
-            "Items first reviewed in the last hour (at most 10,000 counted)",
+            f"Items first reviewed in the last hour (at most {REVIEW_DELAYS_LIMIT:,} counted)",
             value=len(delays),
         )
         for name, description, attribute in WINDOW_GAUGES:

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.dialects import postgresql
@@ -104,6 +105,9 @@ MAX_CLAIM_ITEMS = 1000
 TOKEN_PREFIX = "actr_"
 # Shortest token an operator may choose (set_reviewer_token); issued tokens have 48 characters.
 MIN_TOKEN_LENGTH = 24
+# Time to review: the latest first reviews read (review_delays), and the quantiles reported.
+REVIEW_DELAYS_LIMIT = 10_000
+TIME_TO_REVIEW_QUANTILES = (0.5, 0.9, 0.99)
 _CHUNK = 5000  # ids per IN (...) list: under SQLite's and PostgreSQL's parameter limits
 _INSERT_ATTEMPTS = 3
 
@@ -481,6 +485,14 @@ def _decision(decision_pb: bytes, item_pb: bytes | None) -> bus_pb2.Decision:
     if item_pb is not None:
         decision.item.ParseFromString(item_pb)
     return decision
+
+
+def time_to_review(delays: Sequence[float]) -> dict[float, float]:
+    """TIME_TO_REVIEW_QUANTILES of decision-to-first-review delays in seconds (empty: none)."""
+    if not delays:
+        return {}
+    values = np.quantile(np.asarray(delays, dtype=float), TIME_TO_REVIEW_QUANTILES)
+    return dict(zip(TIME_TO_REVIEW_QUANTILES, map(float, values), strict=True))
 
 
 def _name(value: str, what: str) -> str:
@@ -1221,7 +1233,7 @@ class ReviewStore:
         )
 
     def review_delays(
-        self, within: timedelta = timedelta(hours=1), limit: int = 10_000
+        self, within: timedelta = timedelta(hours=1), limit: int = REVIEW_DELAYS_LIMIT
     ) -> list[float]:
         """Seconds from decision to first review, for the items first reviewed in the last
         `within` (the latest `limit` of them; read through the first-review index)."""
