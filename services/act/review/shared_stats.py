@@ -7,7 +7,7 @@ just changed the queue (`wrote`: a claim, a review, a release) is never given a 
 started before that change, so they see their own label counted. Reads without a change of
 one's own (waiting for work, dashboards on the API) then take at most 1/(1 + reuse_factor) of
 the database's time, and each change at most one count more. A count reads the per-window
-counts the database keeps: 7.5 ms at 1,000,000 records on the local PostgreSQL
+counts the database keeps: 7.5-9.6 ms at 1,000,000 records on the local PostgreSQL
 (docs/operations.md). The Prometheus collector does not use it (a scrape is rare and wants the
 current figures).
 """
