@@ -340,7 +340,7 @@ def stats(
         )
     if counts.windows:
         table = Table(box=box.SIMPLE_HEAD, title="latest sampling windows, oldest first")
-        table.add_column("budget")
+        table.add_column("budget", overflow="fold")
         table.add_column("window")
         for heading in ("decisions", "selected", "expected", "capped", "reviewed"):
             table.add_column(heading, justify="right")
