@@ -28,24 +28,18 @@ def promtool() -> str:
     return found
 
 
-def test_the_rules_are_valid(promtool: str) -> None:
+def run_promtool(promtool: str, *arguments: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [promtool, "check", "rules", "act-rules.yaml"],
-        cwd=RULES,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [promtool, *arguments], cwd=RULES, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_the_rules_are_valid(promtool: str) -> None:
+    run_promtool(promtool, "check", "rules", "act-rules.yaml")
 
 
 def test_the_alerts_fire_as_their_unit_tests_say(promtool: str) -> None:
-    result = subprocess.run(
-        [promtool, "test", "rules", "act-rules.test.yaml"],
-        cwd=RULES,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_promtool(promtool, "test", "rules", "act-rules.test.yaml")
     assert "SUCCESS" in result.stdout

@@ -24,6 +24,9 @@ from rich.console import Console
 from act.local.state import StateError, resolve_state_dir
 from act.validation import validation_problems
 
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
+]
 StateDir = Annotated[
     Path | None,
     typer.Option(
@@ -110,9 +113,7 @@ def up(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the services to answer.")
     ] = 180.0,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
-    ] = False,
+    as_json: JsonOutput = False,
 ) -> None:
     """Start the whole streaming system here: broker and store (reused when running), the
     annotator, criticizer, sampler, review server and decision consumer as background

@@ -25,7 +25,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from act.local.cli import StateDir
+from act.local.cli import JsonOutput, StateDir
 from act.review.errors import InvalidArgument, ReviewerExists, ReviewStoreError
 from act.review.store import ReviewStore, check_reviewer_token, time_to_review
 
@@ -95,11 +95,6 @@ def _existing_store_url(given: str | None, state_dir: Path | None) -> str:
         typer.echo(f"error: there is no review store at {missing}{hint}", err=True)
         raise typer.Exit(2)
     return url
-
-
-JsonOutput = Annotated[
-    bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
-]
 
 
 @review_app.command("serve")

@@ -227,8 +227,8 @@ class WindowSpend:
     capped: int
     reviewed: int
     # Reviewed with a human label, and of those with the machine's label.
-    labelled: int = 0
-    agree: int = 0
+    labelled: int
+    agree: int
 
 
 @dataclass(frozen=True)
@@ -485,6 +485,28 @@ def _decision(decision_pb: bytes, item_pb: bytes | None) -> bus_pb2.Decision:
     if item_pb is not None:
         decision.item.ParseFromString(item_pb)
     return decision
+
+
+# What a release writes to the record: back in the queue, unclaimed.
+_UNCLAIMED = {"state": "pending", "claimed_by": None, "claim_id": None, "lease_expires_at": None}
+
+
+def _release_entry(
+    item_id: str, reviewer: str, note: str, revision: int, claim_id: str, at: datetime
+) -> dict[str, Any]:
+    """The audit row of a claim given back to the queue."""
+    return {
+        "item_id": item_id,
+        "action": "release",
+        "reviewer": reviewer,
+        "label": None,
+        "previous_label": None,
+        "unsure": False,
+        "note": note,
+        "revision": revision,
+        "claim_id": claim_id,
+        "at": at,
+    }
 
 
 def time_to_review(delays: Sequence[float]) -> dict[float, float]:
@@ -1060,23 +1082,10 @@ class ReviewStore:
                 raise ClaimNotYours(item_id, reviewer)
             if row.lease_expires_at <= now:
                 return False
-            conn.execute(
-                sa.update(records)
-                .where(c.item_id == item_id)
-                .values(state="pending", claimed_by=None, claim_id=None, lease_expires_at=None)
-            )
+            conn.execute(sa.update(records).where(c.item_id == item_id).values(_UNCLAIMED))
             conn.execute(
                 reviews_audit.insert().values(
-                    item_id=item_id,
-                    action="release",
-                    reviewer=reviewer,
-                    label=None,
-                    previous_label=None,
-                    unsure=False,
-                    note=reason,
-                    revision=row.revision,
-                    claim_id=claim_id,
-                    at=now,
+                    _release_entry(item_id, reviewer, reason, row.revision, claim_id, now)
                 )
             )
         return True
@@ -1350,27 +1359,19 @@ class ReviewStore:
                 .with_for_update()
             ).all()
             for chunk in _chunks([row.item_id for row in held]):
-                conn.execute(
-                    sa.update(records)
-                    .where(c.item_id.in_(chunk))
-                    .values(state="pending", claimed_by=None, claim_id=None, lease_expires_at=None)
-                )
+                conn.execute(sa.update(records).where(c.item_id.in_(chunk)).values(_UNCLAIMED))
             if held:
                 conn.execute(
                     reviews_audit.insert(),
                     [
-                        {
-                            "item_id": row.item_id,
-                            "action": "release",
-                            "reviewer": name,
-                            "label": None,
-                            "previous_label": None,
-                            "unsure": False,
-                            "note": "reviewer deactivated",
-                            "revision": row.revision,
-                            "claim_id": row.claim_id,
-                            "at": now,
-                        }
+                        _release_entry(
+                            row.item_id,
+                            name,
+                            "reviewer deactivated",
+                            row.revision,
+                            row.claim_id,
+                            now,
+                        )
                         for row in held
                     ],
                 )
