@@ -133,6 +133,8 @@ def test_the_operators_commands_refuse_an_unknown_reviewer_or_a_missing_store(
         app, ["review", "deactivate-reviewer", "carol", "--database-url", url]
     )
     assert result.exit_code == 1 and "no reviewer named 'carol'" in result.output
+    result = CliRunner().invoke(app, ["review", "stats", "--windows", "-1", "--database-url", url])
+    assert result.exit_code == 2 and "--windows" in result.output
     missing = tmp_path / "gone.db"
     for command in ("stats", "reviewers"):
         result = CliRunner().invoke(
